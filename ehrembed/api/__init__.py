@@ -1,0 +1,1 @@
+"""HTTP API: FastAPI app factory, routers, schemas and auth (issue 6)."""

@@ -1,0 +1,1 @@
+"""Distillation: teacher to student training, teacher LoRA tuning, retention report (issue 3)."""

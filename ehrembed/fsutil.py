@@ -1,0 +1,102 @@
+"""Crash-safe file output: write beside the target, fsync, then rename into place.
+
+A reader sees either the old complete artifact or the new complete one, never half of either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or every file below a folder and the folders themselves, to disk."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync_fd(child, os.O_RDONLY)
+        for folder in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+            _fsync_fd(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    else:
+        _fsync_fd(path, os.O_RDONLY)
+
+
+def _fsync_fd(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_parent(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders
+        _fsync_fd(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_parent(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a scratch folder that becomes ``target`` only if the block finishes without error.
+
+    On error the scratch folder is removed and any previous ``target`` is untouched. With
+    ``overwrite`` an existing ``target`` is replaced; without it, an existing one is an error
+    raised before any work starts.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    scratch = target.with_name(f".{target.name}.tmp-{tag}")
+    scratch.mkdir()
+    try:
+        yield scratch
+        fsync_path(scratch)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{tag}")
+            os.replace(target, old)
+            os.replace(scratch, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(scratch, target)
+        _fsync_parent(target)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()

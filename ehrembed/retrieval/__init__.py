@@ -1,0 +1,1 @@
+"""Retrieval: FAISS vector index, similar-patient search, guideline knowledge base (issue 4)."""

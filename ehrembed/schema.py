@@ -1,0 +1,173 @@
+"""The one schema module: MEDS column names and dtypes, and the typed records every stage shares.
+
+ehrembed keeps patient data in MEDS (https://github.com/Medical-Event-Data-Standard/meds):
+one row per event with ``subject_id``, ``time``, ``code``, ``numeric_value``, ``text_value``,
+sorted by subject and time, plus ``metadata/codes.parquet`` describing each code. We add a few
+extension columns that MEDS allows and ``metadata/dataset.json`` declares:
+
+- ``unit``: unit of ``numeric_value`` (a code modifier in MEDS terms), e.g. ``mg/dL``.
+- ``visit_id``: the visit (encounter) an event belongs to, so records can be told visit by visit.
+- ``ref_low`` / ``ref_high``: the reference range the source reported for a measurement.
+
+Times are timezone-naive microsecond timestamps, as MEDS stores them. Timezone-aware source
+times are converted to UTC first; naive source times are kept as given. Static facts (sex, race)
+have a null time and sort first. Visits become two events: the visit code (e.g. ``Visit/IP``)
+at the start and ``MEDS_VISIT_END`` at the end, sharing ``visit_id``.
+
+Codes are ``{vocabulary}/{code}``: ``SNOMED/49436004``, ``LOINC/2160-0``, ``ICD10CM/E11.9``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+
+# --- MEDS core columns -------------------------------------------------------------------------
+SUBJECT_ID = "subject_id"
+TIME = "time"
+CODE = "code"
+NUMERIC_VALUE = "numeric_value"
+TEXT_VALUE = "text_value"
+
+# --- ehrembed extension columns -----------------------------------------------------------------
+UNIT = "unit"
+VISIT_ID = "visit_id"
+REF_LOW = "ref_low"
+REF_HIGH = "ref_high"
+
+# --- well-known codes ---------------------------------------------------------------------------
+BIRTH_CODE = "MEDS_BIRTH"
+DEATH_CODE = "MEDS_DEATH"
+VISIT_END_CODE = "MEDS_VISIT_END"
+
+DATA_SCHEMA = pa.schema(
+    [
+        pa.field(SUBJECT_ID, pa.int64(), nullable=False),
+        pa.field(TIME, pa.timestamp("us"), nullable=True),
+        pa.field(CODE, pa.string(), nullable=False),
+        pa.field(NUMERIC_VALUE, pa.float32(), nullable=True),
+        pa.field(TEXT_VALUE, pa.large_string(), nullable=True),
+        pa.field(UNIT, pa.string(), nullable=True),
+        pa.field(VISIT_ID, pa.int64(), nullable=True),
+        pa.field(REF_LOW, pa.float32(), nullable=True),
+        pa.field(REF_HIGH, pa.float32(), nullable=True),
+    ]
+)
+"""Event rows as written to ``data/*.parquet`` (MEDS core columns first)."""
+
+# --- metadata/codes.parquet ---------------------------------------------------------------------
+DESCRIPTION = "description"
+PARENT_CODES = "parent_codes"
+DOMAIN = "domain"
+OMOP_CONCEPT_ID = "omop_concept_id"
+OMOP_ANCESTOR_IDS = "omop_ancestor_ids"
+
+CODES_SCHEMA = pa.schema(
+    [
+        pa.field(CODE, pa.string(), nullable=False),
+        pa.field(DESCRIPTION, pa.string()),
+        pa.field(PARENT_CODES, pa.list_(pa.string())),
+        pa.field(DOMAIN, pa.string()),
+        pa.field(OMOP_CONCEPT_ID, pa.int64()),
+        pa.field(OMOP_ANCESTOR_IDS, pa.list_(pa.int64())),
+    ]
+)
+"""Code metadata: MEDS' ``code``/``description``/``parent_codes`` plus the code's domain and, for
+OMOP sources, its concept id and all ancestor concept ids (from ``concept_ancestor``), which task
+definitions use to expand a code to its descendants."""
+
+# --- metadata/subject_splits.parquet ------------------------------------------------------------
+SPLIT = "split"
+SPLITS_SCHEMA = pa.schema(
+    [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
+)
+
+# --- metadata/subject_source_ids.parquet: the source system's own patient ids ---------------------
+SOURCE_ID = "source_id"
+SOURCE_IDS_SCHEMA = pa.schema(
+    [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field(SOURCE_ID, pa.string(), nullable=False)]
+)
+
+DATA_DIR = "data"
+CODES_FILE = "metadata/codes.parquet"
+SPLITS_FILE = "metadata/subject_splits.parquet"
+DATASET_FILE = "metadata/dataset.json"
+SOURCE_IDS_FILE = "metadata/subject_source_ids.parquet"
+
+
+class Split(StrEnum):
+    """MEDS' recommended split names."""
+
+    TRAIN = "train"
+    TUNING = "tuning"
+    HELD_OUT = "held_out"
+
+
+class Domain(StrEnum):
+    """What kind of fact a code records; decides where the serializer puts it."""
+
+    CONDITION = "Condition"
+    DRUG = "Drug"
+    PROCEDURE = "Procedure"
+    MEASUREMENT = "Measurement"
+    OBSERVATION = "Observation"
+    VISIT = "Visit"
+    DEMOGRAPHIC = "Demographic"
+    ALLERGY = "Allergy"
+    DEVICE = "Device"
+    OTHER = "Other"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One MEDS row of a patient (the subject id lives on the Patient)."""
+
+    time: dt.datetime | None
+    code: str
+    numeric_value: float | None = None
+    text_value: str | None = None
+    unit: str | None = None
+    visit_id: int | None = None
+    ref_low: float | None = None
+    ref_high: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    """A subject and its events: static events (null time) first, then ascending time."""
+
+    subject_id: int
+    events: Sequence[Event]
+
+    @property
+    def birth_time(self) -> dt.datetime | None:
+        for event in self.events:
+            if event.code == BIRTH_CODE:
+                return event.time
+        return None
+
+    def events_until(self, as_of: dt.datetime) -> list[Event]:
+        """Static events and every event at or before ``as_of``; nothing later (no leakage)."""
+        return [e for e in self.events if e.time is None or e.time <= as_of]
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A prediction target: what is true of ``subject_id`` when predicting at ``prediction_time``."""
+
+    subject_id: int
+    prediction_time: dt.datetime
+    value: bool | float
+
+
+def normalize_time(value: dt.datetime | dt.date) -> dt.datetime:
+    """MEDS time for a source value: aware → UTC then naive; a bare date → midnight."""
+    if not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value

@@ -1,0 +1,34 @@
+"""Runtime settings from the environment (``EHREMBED_*``), resolved once per call site.
+
+``EHREMBED_HOME`` holds the SQLite store, converted models and caches (default ``~/.ehrembed``);
+``EHREMBED_DATABASE_URL`` points the store at another database, e.g.
+``postgresql+psycopg://user@host:5432/ehrembed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where ehrembed keeps its state. Every field reads ``EHREMBED_<FIELD>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EHREMBED_", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".ehrembed")
+    database_url: str | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured URL, else a SQLite file under the data home."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'ehrembed.db'}"
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment (cheap; no caching, so tests can set env vars)."""
+    return Settings()
