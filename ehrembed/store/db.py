@@ -1,0 +1,134 @@
+"""Engine and session factory of the store.
+
+By default the store is a SQLite file, ``$EHREMBED_HOME/ehrembed.db`` (``~/.ehrembed`` unless set);
+``EHREMBED_DATABASE_URL`` (any SQLAlchemy URL, e.g. ``postgresql+psycopg://user@host:5432/db``)
+points it elsewhere. SQLite connections get ``foreign_keys=ON`` (so deletes cascade) and the WAL
+journal (readers do not block the writer, e.g. the API serving while the CLI registers).
+
+Sessions do not expire objects on commit: rows returned from a :func:`session_scope` block stay
+readable after it ends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from ehrembed.settings import get_settings
+from ehrembed.store.errors import StoreError
+from ehrembed.store.tables import Base
+
+_URL_HELP = (
+    "set EHREMBED_DATABASE_URL to a SQLAlchemy URL such as "
+    "'sqlite:////abs/path/ehrembed.db' or 'postgresql+psycopg://user@host:5432/ehrembed', "
+    "or unset it to use the SQLite file under EHREMBED_HOME"
+)
+
+
+def _describe(url: URL | str) -> str:
+    return url.render_as_string(hide_password=True) if isinstance(url, URL) else repr(url)
+
+
+def _parse_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL {raw!r}: {exc}; {_URL_HELP}") from None
+    return url
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or (
+        database.startswith("file:") and "mode=memory" in database + str(url.query)
+    )
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection):  # pragma: no cover - other sqlite drivers
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database answers 'memory'; fine
+        cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
+    """An engine for ``url``, else for ``Settings.resolved_database_url`` (env ``EHREMBED_*``).
+
+    For a SQLite file the parent folder is created and connections get ``foreign_keys=ON`` and
+    the WAL journal; an in-memory SQLite URL shares one connection (so every session sees the
+    same database). ``engine_kwargs`` go to :func:`sqlalchemy.create_engine` (``connect_args``
+    are merged with the store's own). No connection is opened here; :func:`create_all` opens the
+    first one and reports an unreachable database as a :class:`StoreError`.
+    """
+    if isinstance(url, URL):
+        parsed = url
+    else:
+        parsed = _parse_url(get_settings().resolved_database_url if url is None else url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        connect_args["check_same_thread"] = False  # sessions may move between threads (web workers)
+        if _is_memory_sqlite(parsed):
+            engine_kwargs.setdefault("poolclass", StaticPool)
+        elif parsed.database and not parsed.database.startswith("file:"):
+            path = Path(parsed.database).expanduser()
+            parsed = parsed.set(database=str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+    connect_args.update(engine_kwargs.pop("connect_args", {}))
+    try:
+        engine = create_engine(parsed, connect_args=connect_args, **engine_kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(
+            f"cannot use database URL {_describe(parsed)}: {type(exc).__name__}: {exc}; {_URL_HELP}"
+        ) from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def create_all(engine: Engine) -> None:
+    """Create every missing table and index (existing ones are left alone, so it is idempotent)."""
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        raise StoreError(
+            f"cannot connect to database {_describe(engine.url)}: {exc.orig}; {_URL_HELP}"
+        ) from None
+    Base.metadata.create_all(engine)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory for ``engine`` whose sessions keep objects readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits when the block ends normally and rolls back if it raises.
+
+    ``bind`` is an engine or a factory from :func:`make_session_factory`. The session is closed
+    either way; objects loaded in it stay readable (attributes are not expired on commit).
+    """
+    session = make_session_factory(bind)() if isinstance(bind, Engine) else bind()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
