@@ -1,0 +1,294 @@
+"""The ``ehrembed`` command line: thin wrappers over library functions, with progress bars.
+
+Errors a user can fix (bad input, missing files) print one line naming the problem and exit
+with status 2; ``--json`` switches data output to JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ehrembed import __version__
+
+app = typer.Typer(
+    name="ehrembed",
+    help="Structured patient records (OMOP CDM, FHIR R4, MEDS) to Markdown and vectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+ingest_app = typer.Typer(help="Records in: convert OMOP CDM or FHIR R4 into a MEDS folder.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one-line messages and exit status 2."""
+    from ehrembed.ehr.meds import MedsError
+    from ehrembed.ehr.serialize import SerializeError
+    from ehrembed.store.errors import StoreError
+
+    try:
+        yield
+    except (MedsError, SerializeError, StoreError, FileExistsError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except KeyError as exc:
+        _fail(str(exc.args[0]) if exc.args else "not found")
+    except ValueError as exc:  # OmopError, FhirError and other input errors derive from ValueError
+        _fail(str(exc))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _steps_progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _register(dataset_path: Path, source: str) -> None:
+    """Record the dataset in the store (SQLite under EHREMBED_HOME or EHREMBED_DATABASE_URL)."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.store.catalog import register_meds
+    from ehrembed.store.db import create_all, make_engine, session_scope
+
+    engine = make_engine()
+    create_all(engine)
+    with session_scope(engine) as session:
+        register_meds(session, MedsDataset.open(dataset_path), source)
+    engine.dispose()
+
+
+def _report_ingest(report: Any, as_json: bool) -> None:
+    data = report.as_dict()
+    if as_json:
+        _print_json(data)
+        return
+    out_console.print(
+        f"[green]wrote[/] {data['dataset']}: {data['n_subjects']:,} subjects, "
+        f"{data['n_events']:,} events in {data['seconds']:.1f}s"
+    )
+    for reason, n in data["skipped"].items():
+        out_console.print(f"  skipped {n:,}: {reason}")
+    for warning in data["warnings"]:
+        out_console.print(f"  [yellow]note:[/] {warning}")
+
+
+@ingest_app.command("omop")
+def ingest_omop_cmd(
+    out: Annotated[Path, typer.Option("--out", help="MEDS folder to write.")],
+    eunomia: Annotated[bool, typer.Option("--eunomia", help="The Eunomia demo CDM (default source).")] = False,
+    duckdb_file: Annotated[Path | None, typer.Option("--duckdb", help="An OMOP CDM duckdb file.")] = None,
+    folder: Annotated[Path | None, typer.Option("--dir", help="A folder of OMOP tables (CSV/Parquet).")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: from the source).")] = None,
+    lenient: Annotated[bool, typer.Option(help="Skip and count rows without dates instead of failing.")] = False,
+    overwrite: OverwriteFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """OMOP CDM → MEDS (Eunomia unless --duckdb or --dir is given)."""
+    from ehrembed.ehr.omop import ingest_omop
+
+    if sum([eunomia, duckdb_file is not None, folder is not None]) > 1:
+        _fail("choose one source: --eunomia, --duckdb FILE or --dir DIR")
+    with _user_errors(), _steps_progress() as progress:
+        task = progress.add_task("reading OMOP tables")
+        report = ingest_omop(
+            duckdb_file=duckdb_file,
+            folder=folder,
+            out=out,
+            overwrite=overwrite,
+            dataset_name=name,
+            lenient=lenient,
+            progress=lambda step: progress.update(task, description=f"OMOP: {step}"),
+        )
+        progress.update(task, description="registering in the store")
+        _register(out, "omop")
+    _report_ingest(report, as_json)
+
+
+@ingest_app.command("fhir")
+def ingest_fhir_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="ndjson files, Bundle JSON files or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", help="MEDS folder to write.")],
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: the output folder name).")] = None,
+    overwrite: OverwriteFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """FHIR R4 (bulk ndjson and/or Bundles) → MEDS."""
+    from ehrembed.ehr.fhir import ingest_fhir
+
+    with _user_errors(), _steps_progress() as progress:
+        progress.add_task("reading FHIR resources")
+        report = ingest_fhir(paths, out, overwrite=overwrite, dataset_name=name)
+        _register(out, "fhir")
+    _report_ingest(report, as_json)
+
+
+@app.command("synth")
+def synth_cmd(
+    out: Annotated[Path, typer.Option("--out", help="MEDS folder to write.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of patients.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+    overwrite: OverwriteFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate a synthetic MEDS cohort with real ICD-10-CM / LOINC / RxNorm codes."""
+    from ehrembed.ehr.synth import SynthConfig, generate_cohort
+
+    with _user_errors():
+        with Progress(
+            TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+        ) as progress:
+            task = progress.add_task("patients", total=n)
+            report = generate_cohort(
+                SynthConfig(n_subjects=n, seed=seed),
+                out,
+                overwrite=overwrite,
+                progress=lambda done: progress.update(task, completed=done),
+            )
+        _register(out, "synth")
+    _report_ingest(report, as_json)
+
+
+@app.command("info")
+def info_cmd(dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")], as_json: JsonFlag = False) -> None:
+    """Subjects, events, codes and description coverage of a MEDS folder."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.stats import dataset_stats
+
+    with _user_errors():
+        stats = dataset_stats(MedsDataset.open(dataset))
+    if as_json:
+        _print_json(stats)
+    else:
+        _print_stats(stats)
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    cov = stats["description_coverage"]
+    table = Table(title=f"{stats['dataset']} ({stats['path']})", show_header=False)
+    table.add_row("subjects", f"{stats['subjects']:,}")
+    table.add_row("events", f"{stats['events']:,}")
+    table.add_row("codes", f"{stats['codes']:,}")
+    table.add_row("events per subject", f"median {stats['events_per_subject']['median']:.0f}, max {stats['events_per_subject']['max']:,}")
+    table.add_row("time range", " to ".join(str(t)[:10] for t in stats["time_range"]))
+    table.add_row("splits", ", ".join(f"{k} {v:,}" for k, v in stats["splits"].items()))
+    table.add_row("described events", f"{cov['event_coverage']:.1%} ({cov['events_by_source']})")
+    table.add_row("described codes", f"{cov['code_coverage']:.1%}")
+    table.add_row("events by domain", ", ".join(f"{k} {v:,}" for k, v in stats["events_by_domain"].items()))
+    out_console.print(table)
+
+
+def _parse_time(value: str | None, what: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{what} {value!r} is not an ISO time such as 2019-06-01 or 2019-06-01T23:59")
+    from ehrembed.schema import normalize_time
+
+    return normalize_time(parsed)
+
+
+@app.command("serialize")
+def serialize_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    subject: Annotated[int, typer.Option("--subject", help="subject_id to serialize.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="ISO time; only events at or before it are shown (default: last event)."),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Token budget; oldest content goes first.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown (visit layout) or list (unique codes).")] = "markdown",
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="tokenizer.json or model folder for --max-tokens (default: MiniLM).")
+    ] = None,
+) -> None:
+    """Print one patient's record as Markdown."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.serialize import Serializer, SerializerConfig
+    from ehrembed.ehr.tokens import load_token_counter
+    from ehrembed.ehr.vocabulary import Vocabulary
+
+    if fmt not in ("markdown", "list"):
+        _fail(f"--format must be markdown or list, not {fmt!r}")
+    when = _parse_time(as_of, "--as-of")
+    with _user_errors():
+        ds = MedsDataset.open(dataset)
+        patient = ds.patient(subject)
+        if when is None:
+            times = [e.time for e in patient.events if e.time is not None]
+            if not times:
+                _fail(f"subject {subject} has no dated events; pass --as-of")
+            when = max(times)
+        counter = load_token_counter(tokenizer) if max_tokens is not None else None
+        config = SerializerConfig(format=fmt, max_tokens=max_tokens)  # type: ignore[arg-type]
+        serializer = Serializer(Vocabulary.from_dataset(ds), config, counter)
+        result = serializer.serialize_with_stats(patient, as_of=when)
+    print(result.text, end="")
+    if result.truncated:
+        err_console.print(f"[dim]{result.dropped_lines} older line(s) dropped to fit {max_tokens} tokens[/]")
+
+
+@app.command("run")
+def run_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the job's outputs.")] = Path("out"),
+    fresh: Annotated[bool, typer.Option(help="Redo every stage instead of reusing finished outputs.")] = False,
+) -> None:
+    """The main job on the embedded default (Eunomia): ingest, describe, serialize a record."""
+    from ehrembed.pipeline import MainJobConfig, run_main_job
+
+    with _user_errors():
+        result = run_main_job(MainJobConfig(out=out, fresh=fresh), say=lambda msg: err_console.print(msg))
+    _print_stats(result.stats)
+    out_console.rule(f"record of subject {result.subject_id} as of {result.as_of:%Y-%m-%d %H:%M}")
+    print(result.record, end="")
+    out_console.rule()
+    for stage, seconds in result.timings.items():
+        out_console.print(f"{stage:<12} {seconds:7.2f}s")
+    out_console.print(f"outputs in {out.resolve()}")
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
