@@ -319,7 +319,7 @@ class _Rows:
     patients: dict[str, tuple[str, str]] = field(default_factory=dict)
     # fullUrl → ``Type/id``
     urls: dict[str, str] = field(default_factory=dict)
-    # ``Type/id`` → (content digest, location) for duplicate detection
+    # ``Type/id`` → (content digest for Patients, location) for duplicate detection
     seen: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     # Medication key → (code, description); rows waiting for one: (row, key)
     medications: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -748,20 +748,21 @@ def _take(rows: _Rows, item: _Item) -> None:
         key = f"{rtype}/{rid}"
         if item.full_url:
             rows.urls[item.full_url] = key
-        digest = _digest(res)
         earlier = rows.seen.get(key)
         if earlier is not None:
-            if earlier[0] == digest:
-                rows.report.skip(f"duplicate {rtype} (identical)")
+            if rtype != "Patient":
+                rows.report.skip(f"duplicate {rtype} id (first kept)")
                 return
-            if rtype == "Patient":
+            if earlier[0] != _digest(res):
                 raise FhirError(
                     f"Patient id {rid!r} appears twice with different content: "
                     f"at {earlier[1]} and at {item.location}"
                 )
-            rows.report.skip(f"duplicate {rtype} id with different content (first kept)")
+            rows.report.skip("duplicate Patient (identical)")
             return
-        rows.seen[key] = (digest, item.location)
+        # Only Patients keep a content fingerprint: a conflicting copy of one is fatal, while a
+        # second copy of anything else is skipped whatever it holds (fingerprints are costly).
+        rows.seen[key] = (_digest(res) if rtype == "Patient" else b"", item.location)
     if res.get("status") == "entered-in-error":
         rows.report.skip(f"{rtype}: entered-in-error")
         return

@@ -87,6 +87,12 @@ _POLARS_CODES_SCHEMA: dict[str, Any] = {
 }
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Fail before any work if ``out`` exists and may not be replaced."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+
+
 def conform_events(events: pl.DataFrame, *, source: str = "events") -> pl.DataFrame:
     """Cast to the event schema (adding missing optional columns), validate, and sort.
 

@@ -22,7 +22,7 @@ import duckdb
 import polars as pl
 
 from ehrembed import schema as s
-from ehrembed.ehr.meds import IngestReport, write_dataset
+from ehrembed.ehr.meds import IngestReport, check_output, write_dataset
 
 
 UNKNOWN_VISIT_CODE = "Visit/UNKNOWN"
@@ -296,6 +296,7 @@ def ingest_omop(
     unless ``lenient``, which skips and counts them instead.
     """
     started = time.perf_counter()
+    check_output(Path(out), overwrite)
     if duckdb_file is not None and folder is not None:
         raise OmopError("give either a duckdb file or a folder of tables, not both")
     if folder is not None:
@@ -486,7 +487,7 @@ def _clinical_events(source: _Source, spec: _Clinical, report: IngestReport, len
     unit_concept = opt(
         spec.unit_concept,
         "CASE WHEN {c} IS NULL OR {c} = 0 THEN NULL "
-        "ELSE (SELECT split_part(code, '/', 2) FROM _concepts k WHERE k.concept_id = CAST({c} AS BIGINT)) END",
+        "ELSE (SELECT substr(code, strpos(code, '/') + 1) FROM _concepts k WHERE k.concept_id = CAST({c} AS BIGINT)) END",
     )
     unit_source = opt(spec.unit_source, "NULLIF(CAST({c} AS VARCHAR), '')")
     row_id = f"CAST({cols[spec.id_col]} AS VARCHAR)" if spec.id_col in cols else "NULL"
