@@ -203,21 +203,24 @@ def _is_fhir_name(name: str) -> bool:
 
 def _open_text(path: Path) -> TextIO:
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
 
 
-def read_file(path: Path) -> Iterator[_Item]:
+def _read_file(path: Path) -> Iterator[_Item]:
     """Resources of one file: ndjson (one per line) or a JSON document (a Bundle or a resource).
 
-    Raises FhirError naming the file and 1-based line for malformed JSON.
+    Raises FhirError naming the file, and the 1-based line for malformed JSON.
     """
-    ndjson = path.name.endswith((".ndjson", ".ndjson.gz"))
-    with _open_text(path) as fh:
-        if ndjson:
-            yield from _read_lines(fh, path)
-            return
-        text = fh.read()
+    try:
+        ndjson = path.name.endswith((".ndjson", ".ndjson.gz"))
+        with _open_text(path) as fh:
+            if ndjson:
+                yield from _read_lines(fh, path)
+                return
+            text = fh.read()
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise FhirError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -948,6 +951,8 @@ def ingest_fhir(
     """
     started = time.perf_counter()
     out = Path(out)
+    if isinstance(paths, str | Path):
+        paths = [Path(paths)]
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
     files = _files(paths)
@@ -955,7 +960,7 @@ def ingest_fhir(
     if not files:
         raise FhirError(f"no FHIR files (*.ndjson, *.json) found in {source}")
     report = IngestReport(dataset=out)
-    items = (item for path in files for item in read_file(path))
+    items = (item for path in files for item in _read_file(path))
     events, codes, source_ids = _convert(items, report, source)
     write_dataset(
         out,

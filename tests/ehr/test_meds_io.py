@@ -74,5 +74,5 @@ def test_splits_are_stable_and_proportional() -> None:
     assert abs(counts["train"] / 20_000 - 0.70) < 0.02 and abs(counts["held_out"] / 20_000 - 0.15) < 0.02
     more = assign_splits([*ids, *range(50_000, 60_000)])
     assert more.head(20_000).equals(first), "adding subjects never moves existing ones"
-    with pytest.raises(ValueError, match="sum to 1"):
+    with pytest.raises(ValueError, match="summing to 1"):
         assign_splits(ids, fractions=(0.5, 0.2, 0.2))

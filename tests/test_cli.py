@@ -1,0 +1,92 @@
+"""The command line end to end on Eunomia, and its error messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ehrembed.cli import app
+from ehrembed.store.db import make_engine, session_scope
+from ehrembed.store.repository import get_dataset, get_subjects
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def ingested(tmp_path: Path) -> Path:
+    out = tmp_path / "eunomia"
+    result = runner.invoke(app, ["ingest", "omop", "--eunomia", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_subjects"] == 2694
+    return out
+
+
+def test_ingest_registers_the_dataset(ingested: Path) -> None:
+    with session_scope(make_engine()) as session:
+        dataset = get_dataset(session, "eunomia")
+        assert dataset.n_subjects == 2694 and dataset.path == str(ingested.resolve())
+        assert len(get_subjects(session, dataset)) == 2694
+
+
+def test_info_json(ingested: Path) -> None:
+    result = runner.invoke(app, ["info", str(ingested), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["subjects"] == 2694
+    assert stats["description_coverage"]["event_coverage"] >= 0.95
+    assert sum(stats["splits"].values()) == 2694
+
+
+def test_serialize(ingested: Path) -> None:
+    result = runner.invoke(app, ["serialize", str(ingested), "--subject", "1", "--as-of", "2019-06-01T23:59"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# Electronic Healthcare Record\nCurrent time: 2019-06-01 23:59")
+    short = runner.invoke(app, ["serialize", str(ingested), "--subject", "1", "--max-tokens", "60", "--format", "list"])
+    assert short.exit_code == 0, short.output
+    assert "## Medical Events (most recent first)" in short.stdout
+    assert len(short.stdout) < len(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--subject", "999999"], "subject 999999 is not in dataset"),
+        (["--subject", "1", "--as-of", "yesterday"], "is not an ISO time"),
+        (["--subject", "1", "--as-of", "1900-01-01"], "before subject 1's birth"),
+        (["--subject", "1", "--format", "xml"], "--format must be markdown or list"),
+    ],
+)
+def test_serialize_errors(ingested: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["serialize", str(ingested), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+
+
+def test_existing_output_needs_overwrite(ingested: Path) -> None:
+    result = runner.invoke(app, ["ingest", "omop", "--out", str(ingested)])
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in " ".join(result.stderr.split())
+    assert runner.invoke(app, ["ingest", "omop", "--out", str(ingested), "--overwrite"]).exit_code == 0
+
+
+def test_info_on_a_missing_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["info", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such dataset folder" in result.stderr
+
+
+def test_conflicting_sources(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "omop", "--eunomia", "--dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "choose one source" in result.stderr
+
+
+def test_main_job_runs_and_reuses_its_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["run", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "# Electronic Healthcare Record" in first.stdout and "ingest" in first.stdout
+    assert (out / "stats.json").exists() and list(out.glob("record_*.md"))
+    second = runner.invoke(app, ["run", "--out", str(out)])
+    assert second.exit_code == 0 and "reusing" in second.stderr
