@@ -9,14 +9,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ehrembed import __version__
@@ -164,7 +170,11 @@ def synth_cmd(
 
     with _user_errors():
         with Progress(
-            TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+            TextColumn("synthesising"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
         ) as progress:
             task = progress.add_task("patients", total=n)
             report = generate_cohort(
@@ -197,7 +207,10 @@ def _print_stats(stats: dict[str, Any]) -> None:
     table.add_row("subjects", f"{stats['subjects']:,}")
     table.add_row("events", f"{stats['events']:,}")
     table.add_row("codes", f"{stats['codes']:,}")
-    table.add_row("events per subject", f"median {stats['events_per_subject']['median']:.0f}, max {stats['events_per_subject']['max']:,}")
+    table.add_row(
+        "events per subject",
+        f"median {stats['events_per_subject']['median']:.0f}, max {stats['events_per_subject']['max']:,}",
+    )
     table.add_row("time range", " to ".join(str(t)[:10] for t in stats["time_range"]))
     table.add_row("splits", ", ".join(f"{k} {v:,}" for k, v in stats["splits"].items()))
     table.add_row("described events", f"{cov['event_coverage']:.1%} ({cov['events_by_source']})")

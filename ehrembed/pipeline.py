@@ -51,7 +51,9 @@ def _typical_held_out_subject(dataset: MedsDataset) -> int:
     if frame.is_empty():
         frame = counts.collect()
     median = frame.get_column("n").median()
-    return int(frame.with_columns((pl.col("n") - median).abs().alias("d")).sort("d", s.SUBJECT_ID).item(0, s.SUBJECT_ID))
+    return int(
+        frame.with_columns((pl.col("n") - median).abs().alias("d")).sort("d", s.SUBJECT_ID).item(0, s.SUBJECT_ID)
+    )
 
 
 def run_main_job(config: MainJobConfig, say: Callable[[str], None] = lambda _m: None) -> MainJobResult:

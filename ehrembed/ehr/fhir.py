@@ -18,7 +18,8 @@ id a bulk export of the same data carries, so both forms of one dataset give the
 Reading is one streaming pass; references (``Patient/x``, ``urn:uuid:…``, absolute URLs) are
 resolved at the end, so a resource may refer to one that comes later or sits in another file.
 Nothing is dropped silently: every resource or coding left out is counted in
-``IngestReport.skipped`` by reason.
+``IngestReport.skipped`` by reason. A second copy of a resource id is skipped (counted); a
+second Patient with the same id but different content is an error naming both places.
 """
 
 from __future__ import annotations
@@ -494,8 +495,8 @@ def _patient(rows: _Rows, item: _Item) -> None:
         for sub in ext.get("extension") or []:
             if not isinstance(sub, dict) or sub.get("url") != "ombCategory":
                 continue
-            coding = sub.get("valueCoding") or {}
-            code = coding.get("code")
+            coding = sub.get("valueCoding")
+            code = coding.get("code") if isinstance(coding, dict) else None
             if not isinstance(code, str) or not code:
                 continue
             mapped = OMB_CODES.get(code)
@@ -503,6 +504,7 @@ def _patient(rows: _Rows, item: _Item) -> None:
                 rows.describe(mapped[0], mapped[1], s.Domain.DEMOGRAPHIC)
                 rows.add(key, None, mapped[0])
             else:
+                assert isinstance(coding, dict)
                 rows.describe(f"{vocab}/{code}", coding.get("display"), s.Domain.DEMOGRAPHIC)
                 rows.add(key, None, f"{vocab}/{code}")
 
@@ -549,9 +551,7 @@ def _condition(rows: _Rows, item: _Item) -> None:
         return
     ok, when = _first_time(res, rows, "onsetDateTime", "recordedDate", "onsetPeriod.start")
     if ok:
-        _coded_event(
-            rows, "Condition", res.get("code"), s.Domain.CONDITION, _subject(res), when, visit=_encounter(res)
-        )
+        _coded_event(rows, "Condition", res.get("code"), s.Domain.CONDITION, _subject(res), when, visit=_encounter(res))
 
 
 def _status_code(concept: Any) -> str | None:
@@ -612,9 +612,7 @@ def _observation(rows: _Rows, item: _Item) -> None:
     if res.get("status") in ("entered-in-error", "cancelled"):
         rows.report.skip(f"Observation: {res['status']}")
         return
-    ok, when = _first_time(
-        res, rows, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"
-    )
+    ok, when = _first_time(res, rows, "effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued")
     if not ok:
         return
     subject, visit = _subject(res), _encounter(res)
@@ -627,9 +625,7 @@ def _observation(rows: _Rows, item: _Item) -> None:
     for component in components:
         values = _observation_values(component)
         domain = _observation_domain(res, values)
-        _coded_event(
-            rows, "Observation component", component.get("code"), domain, subject, when, visit=visit, **values
-        )
+        _coded_event(rows, "Observation component", component.get("code"), domain, subject, when, visit=visit, **values)
 
 
 def _medication_concept(res: dict[str, Any]) -> tuple[Any, str | None]:
@@ -678,9 +674,7 @@ def _medication(rows: _Rows, item: _Item) -> None:
         rows.medications[item.full_url] = picked
 
 
-def _simple(
-    rtype: str, domain: str, *time_paths: str, code_field: str = "code"
-) -> Callable[[_Rows, _Item], None]:
+def _simple(rtype: str, domain: str, *time_paths: str, code_field: str = "code") -> Callable[[_Rows, _Item], None]:
     """Handler for resources that are one coded event at the first present time."""
 
     def handle(rows: _Rows, item: _Item) -> None:
@@ -714,9 +708,7 @@ HANDLERS: dict[str, Callable[[_Rows, _Item], None]] = {
         rows, item, "MedicationStatement", "effectiveDateTime", "effectivePeriod.start", "dateAsserted"
     ),
     "Procedure": _simple("Procedure", s.Domain.PROCEDURE, "performedDateTime", "performedPeriod.start"),
-    "Immunization": _simple(
-        "Immunization", s.Domain.DRUG, "occurrenceDateTime", "recorded", code_field="vaccineCode"
-    ),
+    "Immunization": _simple("Immunization", s.Domain.DRUG, "occurrenceDateTime", "recorded", code_field="vaccineCode"),
     "AllergyIntolerance": _simple("AllergyIntolerance", s.Domain.ALLERGY, "onsetDateTime", "recordedDate"),
     "DiagnosticReport": _simple(
         "DiagnosticReport", s.Domain.MEASUREMENT, "effectiveDateTime", "effectivePeriod.start", "issued"
@@ -758,8 +750,7 @@ def _take(rows: _Rows, item: _Item) -> None:
                 return
             if earlier[0] != _digest(res):
                 raise FhirError(
-                    f"Patient id {rid!r} appears twice with different content: "
-                    f"at {earlier[1]} and at {item.location}"
+                    f"Patient id {rid!r} appears twice with different content: at {earlier[1]} and at {item.location}"
                 )
             rows.report.skip("duplicate Patient (identical)")
             return
@@ -781,9 +772,7 @@ def _resolve(key: str | None, kind: str, urls: dict[str, str]) -> str | None:
     if key is None:
         return None
     if key.startswith("urn:"):
-        key = urls.get(key) or (
-            f"{kind}/{key.removeprefix('urn:uuid:')}" if key.startswith("urn:uuid:") else key
-        )
+        key = urls.get(key) or (f"{kind}/{key.removeprefix('urn:uuid:')}" if key.startswith("urn:uuid:") else key)
     return key if key.startswith(f"{kind}/") else None
 
 
@@ -794,9 +783,7 @@ def _finish(rows: _Rows, source: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
         raise FhirError(f"no Patient resources found in {source}")
 
     for row, key in rows.pending_medications:
-        found = rows.medications.get(key) or rows.medications.get(
-            _resolve(key, "Medication", rows.urls) or ""
-        )
+        found = rows.medications.get(key) or rows.medications.get(_resolve(key, "Medication", rows.urls) or "")
         if found is not None:
             rows.code[row] = found[0]
             rows.describe(found[0], found[1], s.Domain.DRUG)
@@ -816,9 +803,7 @@ def _finish(rows: _Rows, source: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
         sid = subject_of.get(patient_key) if patient_key is not None else None
         subject_ids.append(sid)
         if sid is None:
-            dropped.setdefault("no subject" if sref is None else "unknown patient", set()).add(
-                rows.resource_no[i]
-            )
+            dropped.setdefault("no subject" if sref is None else "unknown patient", set()).add(rows.resource_no[i])
         elif rows.code[i] is None:
             dropped.setdefault("unresolved medication reference", set()).add(rows.resource_no[i])
         encounter_key = _resolve(vref, "Encounter", urls)

@@ -212,7 +212,7 @@ def finish_dataset(
             source_ids.select(s.SUBJECT_ID, s.SOURCE_ID).to_arrow().cast(s.SOURCE_IDS_SCHEMA),
             meta / "subject_source_ids.parquet",
         )
-    info = {
+    info: dict[str, Any] = {
         "dataset_name": dataset_name,
         "dataset_version": dt.date.today().isoformat(),
         "etl_name": etl_name,

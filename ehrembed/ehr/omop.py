@@ -24,7 +24,6 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, check_output, write_dataset
 
-
 UNKNOWN_VISIT_CODE = "Visit/UNKNOWN"
 
 
@@ -246,7 +245,9 @@ def _open_folder(folder: Path) -> _Source:
             if name.endswith(suffix):
                 stem = name[: -len(suffix)]
                 literal = "'" + str(path).replace("'", "''") + "'"
-                reader = f"read_parquet({literal})" if suffix == ".parquet" else f"read_csv_auto({literal}, header=true)"
+                reader = (
+                    f"read_parquet({literal})" if suffix == ".parquet" else f"read_csv_auto({literal}, header=true)"
+                )
                 tables.setdefault(stem, reader)
                 break
         else:
@@ -430,7 +431,7 @@ def _person_events(source: _Source, report: IngestReport) -> pl.DataFrame:
         if col in cols:
             selects.append(f"SELECT {pid}, CAST(NULL AS TIMESTAMP), {_concept_code_sql(cols[col])} FROM {rel}")
     frame = _query(source, " UNION ALL ".join(selects), "person")
-    report.counts["person"] = int(_first_row(source.con, f"SELECT COUNT(*) FROM {rel}")[0])  # type: ignore[index]
+    report.counts["person"] = source.con.execute(f"SELECT COUNT(*) FROM {rel}").fetchall()[0][0]
     unknown_demo = frame.filter(pl.col(s.CODE).is_null()).height
     if unknown_demo:
         report.skip("person: demographic concept 0 (not recorded)", unknown_demo)
@@ -487,7 +488,8 @@ def _clinical_events(source: _Source, spec: _Clinical, report: IngestReport, len
     unit_concept = opt(
         spec.unit_concept,
         "CASE WHEN {c} IS NULL OR {c} = 0 THEN NULL "
-        "ELSE (SELECT substr(code, strpos(code, '/') + 1) FROM _concepts k WHERE k.concept_id = CAST({c} AS BIGINT)) END",
+        "ELSE (SELECT substr(code, strpos(code, '/') + 1) FROM _concepts k "
+        "WHERE k.concept_id = CAST({c} AS BIGINT)) END",
     )
     unit_source = opt(spec.unit_source, "NULLIF(CAST({c} AS VARCHAR), '')")
     row_id = f"CAST({cols[spec.id_col]} AS VARCHAR)" if spec.id_col in cols else "NULL"
@@ -567,7 +569,9 @@ def _codes_frame(source: _Source, events: pl.DataFrame) -> pl.DataFrame:
     )
     concepts = concepts.with_columns(
         pl.col("domain").replace_strict(
-            {k: str(v) for k, v in _DOMAIN_BY_OMOP.items()}, default=str(s.Domain.OTHER), return_dtype=pl.String
+            {k: str(v) for k, v in _DOMAIN_BY_OMOP.items()},
+            default=str(s.Domain.OTHER),
+            return_dtype=pl.String,
         )
     ).unique(subset=["code"], keep="first")
     ancestors = _ancestors(source, concepts)
@@ -578,7 +582,12 @@ def _codes_frame(source: _Source, events: pl.DataFrame) -> pl.DataFrame:
         {
             s.CODE: [s.BIRTH_CODE, s.DEATH_CODE, s.VISIT_END_CODE, UNKNOWN_VISIT_CODE],
             s.DESCRIPTION: ["Birth", "Death", "End of visit", "Visit"],
-            s.DOMAIN: [str(s.Domain.DEMOGRAPHIC), str(s.Domain.DEMOGRAPHIC), str(s.Domain.VISIT), str(s.Domain.VISIT)],
+            s.DOMAIN: [
+                str(s.Domain.DEMOGRAPHIC),
+                str(s.Domain.DEMOGRAPHIC),
+                str(s.Domain.VISIT),
+                str(s.Domain.VISIT),
+            ],
         }
     )
     return pl.concat([codes, special], how="diagonal_relaxed")
@@ -587,7 +596,11 @@ def _codes_frame(source: _Source, events: pl.DataFrame) -> pl.DataFrame:
 def _ancestors(source: _Source, concepts: pl.DataFrame) -> pl.DataFrame:
     """Per concept: all ancestor ids and the direct parents as codes (``OMOP/<id>`` if unknown)."""
     empty = pl.DataFrame(
-        schema={"concept_id": pl.Int64, s.OMOP_ANCESTOR_IDS: pl.List(pl.Int64), s.PARENT_CODES: pl.List(pl.String)}
+        schema={
+            "concept_id": pl.Int64,
+            s.OMOP_ANCESTOR_IDS: pl.List(pl.Int64),
+            s.PARENT_CODES: pl.List(pl.String),
+        }
     )
     if not source.has("concept_ancestor") or concepts.is_empty():
         return empty

@@ -128,6 +128,8 @@ _DETAIL_SECTIONS: tuple[tuple[str, tuple[s.Domain, ...]], ...] = (
     ("Other Events", (s.Domain.OBSERVATION, s.Domain.DEVICE, s.Domain.OTHER)),
 )
 _SKIP_IN_LISTS = {s.Domain.DEMOGRAPHIC, s.Domain.VISIT}
+_COST_BATCH = 48  # lines costed per tokenizer call when fitting a budget
+_LIKELY_FITS_CHARS_PER_TOKEN = 3  # English Markdown runs ~4 characters per token
 
 
 @dataclass
@@ -242,7 +244,11 @@ class Serializer:
         for event in events:
             if event.numeric_value is not None and event.time is not None:
                 series[event.code].append(event)
-        groups: dict[str, list[str]] = {"Recent Body Metrics": [], "Recent Vital Signs": [], "Recent Lab Results": []}
+        groups: dict[str, list[str]] = {
+            "Recent Body Metrics": [],
+            "Recent Vital Signs": [],
+            "Recent Lab Results": [],
+        }
         for code in series:
             if code in BODY_METRICS:
                 groups["Recent Body Metrics"].append(code)
@@ -288,7 +294,9 @@ class Serializer:
             else:  # a visit id without a visit row (common in extracts): an untyped visit
                 implicit.setdefault(event.visit_id, _Visit("", event.time, explicit=False)).events.append(event)
         visits = sorted(
-            [*explicit.values(), *implicit.values()], key=lambda v: (v.start, v.code, v.explicit), reverse=True
+            [*explicit.values(), *implicit.values()],
+            key=lambda v: (v.start, v.code, v.explicit),
+            reverse=True,
         )
         return visits, general
 
@@ -377,7 +385,14 @@ class Serializer:
         return self.config.unknown_codes == "raw" or self.vocabulary.describe(code) is not None
 
     def _fit(self, doc: _Doc) -> Serialized:
-        """Drop the oldest dated lines (then empty headings) until the text fits the budget."""
+        """Keep the newest lines that fit the budget: the oldest dated lines go first, whole.
+
+        Lines are costed newest first, in small batches, and costing stops at the first line
+        that no longer fits, so a long history costs little more tokenizer work than the budget
+        itself. Undated lines (title, demographics) are kept first; headings are kept (and paid
+        for) only while something under them is. The joined text is then counted exactly, and
+        lines are dropped until it fits too.
+        """
         lines = doc.lines
         budget = self.config.max_tokens
         if budget is None or self.token_counter is None:
@@ -386,52 +401,51 @@ class Serializer:
         full = _join(lines, None)
         if len(full.encode()) <= budget:  # no tokenizer makes more tokens than UTF-8 bytes
             return Serialized(full, None, 0)
-        exact = counter.count([full])[0]
-        if exact <= budget:
-            return Serialized(full, exact, 0)
-        costs = _line_costs(counter, [line.text for line in lines])
-        alive = [True] * len(lines)
-        children = [0] * len(lines)  # live non-heading lines under each heading
-        for line in lines:
-            if not line.heading:
-                for parent in line.parents:
-                    children[parent] += 1
-        total = sum(costs)
-
-        def drop(i: int) -> int:
-            alive[i] = False
-            freed = costs[i]
-            for parent in lines[i].parents:
-                children[parent] -= 1
-                if children[parent] == 0 and alive[parent]:
-                    alive[parent] = False
-                    freed += costs[parent]
-            return freed
-
-        order = sorted(
-            (i for i, line in enumerate(lines) if line.time is not None), key=lambda i: (lines[i].time, -i)
+        if len(full) <= _LIKELY_FITS_CHARS_PER_TOKEN * budget:  # probably fits: one exact count decides
+            exact = counter.count([full])[0]
+            if exact <= budget:
+                return Serialized(full, exact, 0)
+        heading_cost = dict(
+            zip(
+                (i for i, line in enumerate(lines) if line.heading),
+                counter.count([line.text for line in lines if line.heading]),
+                strict=True,
+            )
         )
-        order += [i for i in range(len(lines) - 1, 0, -1) if lines[i].time is None and not lines[i].heading]
-        dropped = 0
-        step = 0
+        undated = [i for i, line in enumerate(lines) if line.time is None and not line.heading]
+        dated = sorted(
+            (i for i, line in enumerate(lines) if line.time is not None),
+            key=lambda i: (lines[i].time, -i),
+            reverse=True,
+        )
+        keep: list[int] = []  # in the order they were admitted: undated, then newest first
+        paid: set[int] = set()
+        total = 0
+        for batch_start in range(0, len(undated) + len(dated), _COST_BATCH):
+            batch = (undated + dated)[batch_start : batch_start + _COST_BATCH]
+            full_stop = False
+            for i, cost in zip(batch, counter.count([lines[i].text for i in batch]), strict=True):
+                extra = cost + sum(heading_cost[p] for p in lines[i].parents if p not in paid)
+                if total + extra > budget:
+                    full_stop = True
+                    break
+                keep.append(i)
+                paid.update(lines[i].parents)
+                total += extra
+            if full_stop:
+                break
         while True:
-            while total > budget and step < len(order):
-                i = order[step]
-                step += 1
-                if alive[i]:
-                    total -= drop(i)
-                    dropped += 1
+            alive = [False] * len(lines)
+            for i in keep:
+                alive[i] = True
+                for parent in lines[i].parents:
+                    alive[parent] = True
             text = _join(lines, alive)
             exact = counter.count([text])[0]
-            if exact <= budget or step >= len(order):
+            if exact <= budget or not keep:
+                dropped = sum(1 for line, on in zip(lines, alive, strict=True) if not on and not line.heading)
                 return Serialized(text, exact, dropped)
-            total = max(exact, budget + 1)  # per-line sums can undercount: keep dropping
-
-
-def _line_costs(counter: TokenCounter, texts: list[str]) -> list[int]:
-    """Tokens per line; one tokenizer call over the joined text when the counter supports it."""
-    per_line = getattr(counter, "count_lines", None)
-    return list(per_line(texts)) if callable(per_line) else counter.count(texts)
+            keep.pop()  # per-line sums can undercount the joined text: give up the oldest kept line
 
 
 def _join(lines: list[_Line], alive: list[bool] | None) -> str:

@@ -15,19 +15,29 @@ def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) ->
     """A JSON-ready summary of a MEDS folder (no record content, only counts and code names)."""
     vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
     lazy = dataset.scan()
-    totals = lazy.select(
-        pl.len().alias("events"),
-        pl.col(s.SUBJECT_ID).n_unique().alias("subjects"),
-        pl.col(s.CODE).n_unique().alias("codes"),
-        pl.col(s.TIME).min().alias("first"),
-        pl.col(s.TIME).max().alias("last"),
-        pl.col(s.NUMERIC_VALUE).is_not_null().sum().alias("numeric"),
-    ).collect().row(0, named=True)
-    per_subject = lazy.group_by(s.SUBJECT_ID).agg(pl.len().alias("n")).select(
-        pl.col("n").median().alias("median"), pl.col("n").max().alias("max")
-    ).collect().row(0, named=True)
+    totals = (
+        lazy.select(
+            pl.len().alias("events"),
+            pl.col(s.SUBJECT_ID).n_unique().alias("subjects"),
+            pl.col(s.CODE).n_unique().alias("codes"),
+            pl.col(s.TIME).min().alias("first"),
+            pl.col(s.TIME).max().alias("last"),
+            pl.col(s.NUMERIC_VALUE).is_not_null().sum().alias("numeric"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    per_subject = (
+        lazy.group_by(s.SUBJECT_ID)
+        .agg(pl.len().alias("n"))
+        .select(pl.col("n").median().alias("median"), pl.col("n").max().alias("max"))
+        .collect()
+        .row(0, named=True)
+    )
     splits = dataset.splits().group_by(s.SPLIT).agg(pl.len().alias("n")).sort(s.SPLIT)
-    top = lazy.group_by(s.CODE).agg(pl.len().alias("n")).sort(["n", s.CODE], descending=[True, False]).head(10).collect()
+    top = (
+        lazy.group_by(s.CODE).agg(pl.len().alias("n")).sort(["n", s.CODE], descending=[True, False]).head(10).collect()
+    )
     domains: dict[str, int] = {}
     for code, n in lazy.group_by(s.CODE).agg(pl.len().alias("n")).collect().iter_rows():
         domain = str(vocabulary.domain(code))

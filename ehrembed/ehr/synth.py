@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -118,32 +118,34 @@ class _Chronic:
     delay: float = 60.0
 
 
+# fmt: off
 _CHRONIC: tuple[_Chronic, ...] = (
-    _Chronic("hld", "E78.5", prev=-1.0, inc=-3.6, age=0.04, bmi=0.03),
-    _Chronic("htn", "I10", prev=-0.7, inc=-3.3, age=0.06, bmi=0.07),
-    _Chronic("dm", "E11.9", prev=-2.3, inc=-4.8, age=0.03, bmi=0.10, deps=(("htn", 0.3), ("hld", 0.2)), delay=90),
-    _Chronic("cad", "I25.10", prev=-3.2, inc=-5.8, age=0.07, male=0.7, smoker=0.6,
-             deps=(("htn", 0.5), ("dm", 0.6), ("hld", 0.4))),
-    _Chronic("af", "I48.91", prev=-4.0, inc=-6.0, age=0.08, bmi=0.03, male=0.3, deps=(("htn", 0.4), ("cad", 0.3)),
-             delay=45),
-    _Chronic("hf", "I50.9", prev=-4.4, inc=-6.4, age=0.07, bmi=0.03,
-             deps=(("htn", 0.5), ("cad", 1.0), ("af", 0.9), ("dm", 0.4)), delay=30),
-    _Chronic("ckd", "N18.30", prev=-3.6, inc=-5.6, age=0.08, deps=(("dm", 1.0), ("htn", 0.7), ("hf", 0.6)),
+    _Chronic("hld", "E78.5", prev=-1.36, inc=-4.57, age=0.04, bmi=0.03),
+    _Chronic("htn", "I10", prev=-1.25, inc=-4.82, age=0.06, bmi=0.07),
+    _Chronic("dm", "E11.9", prev=-3.14, inc=-6.26, age=0.03, bmi=0.10, deps=(("htn", 0.3), ("hld", 0.2)),
              delay=90),
-    _Chronic("copd", "J44.9", prev=-4.2, inc=-6.6, age=0.05, smoker=2.2, delay=120),
-    _Chronic("dep", "F32.9", prev=-2.4, inc=-4.6, age=-0.01, male=-0.6),
-    _Chronic("hypothy", "E03.9", prev=-3.0, inc=-5.8, age=0.03, male=-1.2),
-    _Chronic("gerd", "K21.9", prev=-2.4, inc=-4.8, age=0.01, bmi=0.04),
-    _Chronic("anemia", "D64.9", prev=-3.8, inc=-5.8, age=0.03, male=-0.4, deps=(("ckd", 1.3),), delay=60),
-    _Chronic("oa", "M17.9", prev=-2.8, inc=-4.9, age=0.06, bmi=0.06),
+    _Chronic("cad", "I25.10", prev=-4.8, inc=-7.87, age=0.07, male=0.7, smoker=0.6,
+             deps=(("htn", 0.5), ("dm", 0.6), ("hld", 0.4))),
+    _Chronic("af", "I48.91", prev=-5.21, inc=-7.53, age=0.08, bmi=0.03, male=0.3,
+             deps=(("htn", 0.4), ("cad", 0.3)), delay=45),
+    _Chronic("hf", "I50.9", prev=-5.45, inc=-7.79, age=0.07, bmi=0.03,
+             deps=(("htn", 0.5), ("cad", 1.0), ("af", 0.9), ("dm", 0.4)), delay=30),
+    _Chronic("ckd", "N18.30", prev=-4.92, inc=-7.18, age=0.08, deps=(("dm", 1.0), ("htn", 0.7), ("hf", 0.6)),
+             delay=90),
+    _Chronic("copd", "J44.9", prev=-4.16, inc=-7.21, age=0.05, smoker=2.2, delay=120),
+    _Chronic("dep", "F32.9", prev=-2.2, inc=-4.79, age=-0.01, male=-0.6),
+    _Chronic("hypothy", "E03.9", prev=-2.75, inc=-5.81, age=0.03, male=-1.2),
+    _Chronic("gerd", "K21.9", prev=-2.24, inc=-5.15, age=0.01, bmi=0.04),
+    _Chronic("anemia", "D64.9", prev=-3.65, inc=-5.98, age=0.03, male=-0.4, deps=(("ckd", 1.3),)),
+    _Chronic("oa", "M17.9", prev=-3.22, inc=-5.93, age=0.06, bmi=0.06),
 )
-_CHRONIC_BY_KEY = {c.key: c for c in _CHRONIC}
+# fmt: on
 _MAJOR = ("htn", "dm", "cad", "af", "hf", "ckd", "copd", "anemia")
 
 # Other ICD-10-CM codes: symptoms, acute reasons for visits, lab-driven diagnoses, smoking.
 _ICD_OTHER = (
     "R00.2", "R06.00", "R60.0", "R05.9", "R53.83", "R35.0", "R07.89",  # symptoms (planted)
-    "Z00.00", "J06.9", "M54.50", "R51.9", "F41.9", "R10.9",  # outpatient episodes
+    "Z00.00", "Z23", "J06.9", "M54.50", "R51.9", "R10.9",  # outpatient episodes
     "R07.9", "R42", "R55", "N39.0",  # emergency room
     "J18.9", "K92.2", "E86.0", "I21.9", "I63.9", "J44.1", "N17.9", "E11.65",  # admissions
     "E87.5", "E87.1", "D69.6", "R73.03", "N18.4", "E66.9",  # lab / vital driven
@@ -212,9 +214,14 @@ _LABS: dict[str, tuple[str, str, str, float | None, float | None]] = {
     "dbp": ("8462-4", "Diastolic blood pressure", "mm[Hg]", 60.0, 80.0),
     "hr": ("8867-4", "Heart rate", "/min", 60.0, 100.0),
 }
+_FEMALE_RANGES = {"creatinine": (0.5, 1.1), "hemoglobin": (12.0, 15.5)}
 _MALE_RANGES = {"creatinine": (0.7, 1.3), "hemoglobin": (13.5, 17.5)}
 
-_VISITS = (("Visit/OP", "Outpatient Visit"), ("Visit/IP", "Inpatient Visit"), ("Visit/ER", "Emergency Room Visit"))
+_VISITS = (
+    ("Visit/OP", "Outpatient Visit"),
+    ("Visit/IP", "Inpatient Visit"),
+    ("Visit/ER", "Emergency Room Visit"),
+)
 OP, IP, ER = 0, 1, 2
 
 _RACES = (
@@ -296,7 +303,12 @@ def synth_codes() -> pl.DataFrame:
             s.PARENT_CODES: [r[1] for r in rows.values()],
             s.DOMAIN: [r[2] for r in rows.values()],
         },
-        schema={s.CODE: pl.String, s.DESCRIPTION: pl.String, s.PARENT_CODES: pl.List(pl.String), s.DOMAIN: pl.String},
+        schema={
+            s.CODE: pl.String,
+            s.DESCRIPTION: pl.String,
+            s.PARENT_CODES: pl.List(pl.String),
+            s.DOMAIN: pl.String,
+        },
     )
 
 
@@ -339,50 +351,60 @@ class _Events:
         c["sub"].append(np.asarray(sub, dtype=np.int64))
         c["t"].append(full(t, np.float64, np.nan))
         c["code"].append(full(code, np.int32, -1))
-        c["val"].append(full(value, np.float64, np.nan))
+        c["val"].append(full(value, np.float32, np.nan))
         c["vis"].append(full(visit, np.int64, -1))
         c["txt"].append(full(text, np.int32, -1))
-        c["lo"].append(full(ref_low, np.float64, np.nan))
-        c["hi"].append(full(ref_high, np.float64, np.nan))
+        c["lo"].append(full(ref_low, np.float32, np.nan))
+        c["hi"].append(full(ref_high, np.float32, np.nan))
         c["prio"].append(np.full(n, prio, dtype=np.int8))
 
     def frame(self, start: dt.date, first_sid: int, first_vid: int) -> pl.DataFrame:
         """One polars frame in the event schema, sorted by subject, time and event order."""
         col = {k: np.concatenate(v) for k, v in self.cols.items()}
-        minutes = np.rint(col["t"] * 1440.0)
+        self.cols = {k: [] for k in self.cols}
+        minutes = np.rint(col.pop("t") * 1440.0)
         static = np.isnan(minutes)
-        minutes[static] = np.iinfo(np.int64).min // 120_000_000  # sorts first; nulled below
-        order = np.lexsort((col["prio"], minutes, col["sub"]))
-        col = {k: v[order] for k, v in col.items()}
-        minutes, static = minutes[order].astype(np.int64), static[order]
-
-        times = np.datetime64(start, "us") + (minutes * 60_000_000).astype("timedelta64[us]")
-        times[static] = np.datetime64("NaT")
+        minutes = np.where(static, 0, minutes).astype(np.int64)
+        # one sort key: subject, then time (statics first), then event order; sorted stably
+        slot = np.where(static, 0, minutes + (1 << 31))
+        key = (col["sub"] << 36) | (slot << 4) | col.pop("prio").astype(np.int64)
+        start_us = int((dt.datetime.combine(start, dt.time()) - dt.datetime(1970, 1, 1)) / dt.timedelta(microseconds=1))
         concepts = _concepts()
-        names = pl.Series([c.code for c in concepts], dtype=pl.String)
-        units = pl.Series([c.unit for c in concepts], dtype=pl.String)
-        lo0 = np.array([np.nan if c.ref_low is None else c.ref_low for c in concepts])
-        hi0 = np.array([np.nan if c.ref_high is None else c.ref_high for c in concepts])
-        code = col["code"]
-        lo = np.where(np.isnan(col["lo"]), lo0[code], col["lo"])
-        hi = np.where(np.isnan(col["hi"]), hi0[code], col["hi"])
-        has_txt = col["txt"] >= 0
-        frame = pl.DataFrame(
+        lo0 = np.array([np.nan if c.ref_low is None else c.ref_low for c in concepts], dtype=np.float32)
+        hi0 = np.array([np.nan if c.ref_high is None else c.ref_high for c in concepts], dtype=np.float32)
+        code = col.pop("code")
+        lo, hi = col.pop("lo"), col.pop("hi")
+        raw = pl.DataFrame(
             {
-                s.SUBJECT_ID: col["sub"] + first_sid,
-                s.TIME: pl.Series(times),
-                s.CODE: names.gather(code),
-                s.NUMERIC_VALUE: pl.Series(col["val"].astype(np.float32)).fill_nan(None),
-                s.TEXT_VALUE: names.gather(np.where(has_txt, col["txt"], 0)),
-                s.UNIT: units.gather(code),
-                s.VISIT_ID: col["vis"] + first_vid,
-                s.REF_LOW: pl.Series(lo.astype(np.float32)).fill_nan(None),
-                s.REF_HIGH: pl.Series(hi.astype(np.float32)).fill_nan(None),
+                "key": key,
+                "sub": col.pop("sub"),
+                "us": np.where(static, 0, start_us + minutes * 60_000_000),
+                "static": static,
+                "code": code.astype(np.uint32),
+                "val": col.pop("val"),
+                "txt": col.pop("txt"),
+                "vis": col.pop("vis"),
+                "lo": np.where(np.isnan(lo), lo0[code], lo),
+                "hi": np.where(np.isnan(hi), hi0[code], hi),
             }
         )
-        return frame.with_columns(
-            pl.when(pl.Series(has_txt)).then(pl.col(s.TEXT_VALUE)).alias(s.TEXT_VALUE),
-            pl.when(pl.Series(col["vis"] >= 0)).then(pl.col(s.VISIT_ID)).alias(s.VISIT_ID),
+        del key, static, minutes, slot, code, lo, hi
+        raw = raw.sort("key", maintain_order=True)
+        names = pl.Series([c.code for c in concepts], dtype=pl.String)
+        units = pl.Series([c.unit for c in concepts], dtype=pl.String)
+        txt = raw.select(pl.when(pl.col("txt") >= 0).then(pl.col("txt")).cast(pl.UInt32)).to_series()
+        return pl.DataFrame(
+            {
+                s.SUBJECT_ID: raw.select(pl.col("sub") + first_sid).to_series(),
+                s.TIME: raw.select(pl.when(~pl.col("static")).then(pl.col("us")).cast(pl.Datetime("us"))).to_series(),
+                s.CODE: names.gather(raw["code"]),
+                s.NUMERIC_VALUE: raw["val"].fill_nan(None),
+                s.TEXT_VALUE: names.gather(txt),
+                s.UNIT: units.gather(raw["code"]),
+                s.VISIT_ID: raw.select(pl.when(pl.col("vis") >= 0).then(pl.col("vis") + first_vid)).to_series(),
+                s.REF_LOW: raw["lo"].fill_nan(None),
+                s.REF_HIGH: raw["hi"].fill_nan(None),
+            }
         )
 
 
@@ -398,6 +420,12 @@ def _choice(rng: np.random.Generator, weights: Arr) -> Arr:
     cum = np.cumsum(weights, axis=1)
     u = rng.random(len(weights)) * cum[:, -1]
     return np.minimum((cum <= u[:, None]).sum(axis=1), weights.shape[1] - 1)
+
+
+def _expand(counts: Arr) -> tuple[Arr, Arr]:
+    """For ``counts[i]`` copies of each row i: the row of each copy and its rank 0..counts[i]-1."""
+    rows = np.repeat(np.arange(len(counts)), counts)
+    return rows, np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def _ramp(t: Arr, t0: Arr, width: Arr | float) -> Arr:
@@ -437,9 +465,11 @@ class _Visits:
 class _Shard:
     """Generate the events of ``n`` subjects; all arrays are indexed by subject 0..n-1."""
 
-    def __init__(self, cfg: SynthConfig, shard_index: int, n: int) -> None:
+    def __init__(self, cfg: SynthConfig, shard_index: int, first_sid: int, first_vid: int, n: int) -> None:
         self.cfg = cfg
         self.n = n
+        self.first_sid = first_sid
+        self.first_vid = first_vid
         self.rng = np.random.default_rng([cfg.seed, shard_index])
         self.W = cfg.window_days
         self.ev = _Events()
@@ -495,7 +525,7 @@ class _Shard:
         death = np.full(n, np.inf)
         for y in range(years):
             t0 = y * YEAR
-            lin = -10.3 + 0.088 * (self.age0 + y) + 0.3 * self.smoker
+            lin = -11.4 + 0.088 * (self.age0 + y) + 0.3 * self.smoker
             for key, w in (("hf", 0.9), ("ckd", 0.5), ("copd", 0.6), ("dm", 0.3), ("cad", 0.3), ("af", 0.2)):
                 lin = lin + w * (onset[key] <= t0)
             new = np.isinf(death) & (u[y] < -np.expm1(-np.exp(lin)))
@@ -514,16 +544,19 @@ class _Shard:
         return sum((self.active(k, sub, t) for k in _MAJOR), np.zeros(len(sub)))
 
     # visits -------------------------------------------------------------------------------
-    _IP_REASONS = ("J18.9", "N39.0", "R07.9", "R55", "K92.2", "E86.0", "I21.9", "I63.9", "J44.1", "I50.9", "N17.9",
-                   "E11.65")  # fmt: skip
-    _IP_LOS = (0.15, 0.0, -0.5, -0.3, 0.1, -0.3, 0.3, 0.5, 0.1, 0.25, 0.2, -0.1)
+    _IP_REASONS = (
+        "J18.9", "N39.0", "R07.9", "R55", "K92.2", "E86.0", "I21.9", "I63.9", "J44.1", "I50.9", "N17.9", "E11.65",
+        "I48.91",
+    )  # fmt: skip
+    _IP_LOS = (0.15, 0.0, -0.5, -0.3, 0.1, -0.3, 0.3, 0.5, 0.1, 0.25, 0.2, -0.1, -0.2)
 
     def _ip_reason(self, sub: Arr, t: Arr) -> Arr:
         a = {k: self.active(k, sub, t).astype(float) for k in ("cad", "af", "copd", "hf", "ckd", "dm")}
         one = np.ones(len(sub))
         w = np.column_stack(
             [1.0 * one, 0.7 * one, 0.6 * one, 0.4 * one, 0.3 * one, 0.4 * one, 0.15 + 0.8 * a["cad"],
-             0.15 + 0.6 * a["af"], 1.5 * a["copd"], 0.05 + 2.5 * a["hf"], 0.2 + 1.0 * a["ckd"], 0.7 * a["dm"]]
+             0.15 + 0.6 * a["af"], 1.5 * a["copd"], 0.05 + 2.5 * a["hf"], 0.2 + 1.0 * a["ckd"], 0.7 * a["dm"],
+             0.3 * a["af"]]
         )  # fmt: skip
         return _choice(self.rng, w)
 
@@ -554,8 +587,7 @@ class _Shard:
         n_op = rng.poisson(rate * span / YEAR) + 1
         op_sub = np.repeat(idx, n_op)
         op_t = self.obs_start[op_sub] + rng.random(len(op_sub)) * span[op_sub]
-        first = np.concatenate([[0], np.cumsum(n_op)[:-1]])
-        op_t[first] = self.obs_start + rng.uniform(0, 20, n)
+        op_t[np.cumsum(n_op) - n_op] = self.obs_start + rng.uniform(0, 20, n)
         op_start = np.floor(op_t) + rng.uniform(8 * HOUR, 16.5 * HOUR, len(op_sub))
         op_end = op_start + rng.uniform(25, 60, len(op_sub)) * MINUTE
 
@@ -586,9 +618,8 @@ class _Shard:
             trig = (on > self.obs_start) & (on < self.obs_end) & (rng.random(n) < p)
             ip_sub = np.concatenate([ip_sub, idx[trig]])
             ip_start = np.concatenate([ip_start, on[trig] + rng.uniform(0, 2, int(trig.sum()))])
-            ip_reason = np.concatenate([ip_reason, np.full(int(trig.sum()), -1)])
-            ip_reason[ip_reason == -1] = self._IP_REASONS.index(code) if code in self._IP_REASONS else -2
-        ip_los = self._los(ip_sub, ip_start, np.maximum(ip_reason, 0))
+            ip_reason = np.concatenate([ip_reason, np.full(int(trig.sum()), self._IP_REASONS.index(code))])
+        ip_los = self._los(ip_sub, ip_start, ip_reason)
         ip_end = ip_start + ip_los
         # terminal admissions end at death
         dies = np.isfinite(self.death) & (rng.random(n) < 0.35)
@@ -604,8 +635,8 @@ class _Shard:
         # readmissions, two rounds
         src = np.flatnonzero(~terminal)
         for _ in range(2):
-            p = self._readmit_p(ip_sub[src], ip_end[src], ip_end[src] - ip_start[src])
-            go = src[rng.random(len(src)) < p]
+            p_re = self._readmit_p(ip_sub[src], ip_end[src], ip_end[src] - ip_start[src])
+            go = src[rng.random(len(src)) < p_re]
             r_sub = ip_sub[go]
             r_start = ip_end[go] + np.minimum(rng.exponential(11.0, len(go)), 90.0) + 0.2
             r_reason = self._ip_reason(r_sub, r_start)
@@ -615,11 +646,7 @@ class _Shard:
             ip_start = np.concatenate([ip_start, r_start])
             ip_end = np.concatenate([ip_end, r_end])
             ip_reason = np.concatenate([ip_reason, r_reason])
-        ip_reason = np.where(
-            ip_reason == -2,
-            _ix(_icd_code("I48.91")),
-            np.asarray([_ix(_icd_code(c)) for c in self._IP_REASONS])[np.maximum(ip_reason, 0)],
-        )
+        ip_reason = np.asarray([_ix(_icd_code(c)) for c in self._IP_REASONS])[ip_reason]
         # dying in hospital cuts the stay at death
         ip_end = np.minimum(ip_end, self.death[ip_sub])
 
@@ -651,12 +678,18 @@ class _Shard:
         codes = np.asarray([_ix(c) for c, _ in _VISITS])
         ev.add(v.sub, v.start, codes[v.kind], P_VISIT, visit=vid)
         ev.add(v.sub, v.end, _ix(s.VISIT_END_CODE), P_END, visit=vid, text=codes[v.kind])
-        # when things happen inside a visit
-        self.t_vital = v.start + np.where(v.kind == OP, 5, 10) * MINUTE
-        self.t_lab = v.start + np.select([v.kind == OP, v.kind == ER], [15 * MINUTE, 30 * MINUTE], HOUR)
-        self.t_proc = v.start + np.select([v.kind == OP, v.kind == ER], [20 * MINUTE, 40 * MINUTE], 2 * HOUR)
-        self.t_reason = v.start + np.where(v.kind == ER, 15 * MINUTE, 30 * MINUTE)
-        self.t_dx = v.end
+
+        # when things happen inside a visit (never after its end: a stay may be cut short by death);
+        # one trailing inf so that visit index -1 ("none") reads as never
+        def at(offset: Arr) -> Arr:
+            return np.append(np.minimum(v.start + offset, v.end), np.inf)
+
+        self.t_vital = at(np.where(v.kind == OP, 5, 10) * MINUTE)
+        self.t_lab = at(np.select([v.kind == OP, v.kind == ER], [15 * MINUTE, 30 * MINUTE], HOUR))
+        self.t_proc = at(np.select([v.kind == OP, v.kind == ER], [20 * MINUTE, 40 * MINUTE], 2 * HOUR))
+        self.t_reason = at(np.where(v.kind == ER, 15 * MINUTE, 30 * MINUTE))
+        self.t_refill = at(np.where(v.kind == IP, 2 * HOUR, v.end - v.start))
+        self.t_dx = np.append(v.end, np.inf)
         for k, (code, _) in enumerate(_VISITS):
             self.counts[f"visits/{code.removeprefix('Visit/')}"] = int((v.kind == k).sum())
 
@@ -688,7 +721,7 @@ class _Shard:
                 when = np.where(t > self.obs_start, t, when)
             j = v.first_at_or_after(idx, np.where(np.isfinite(t), when, np.inf))
             self.dx_visit[c.key] = j
-            self.dx_time[c.key] = np.where(j >= 0, self.t_dx[np.maximum(j, 0)], np.inf)
+            self.dx_time[c.key] = self.t_dx[j]
             code = _ix(_icd_code(c.icd))
             has = np.flatnonzero(j >= 0)
             self.ev.add(has, self.t_dx[j[has]], code, P_DX, visit=j[has])
@@ -696,9 +729,9 @@ class _Shard:
             rep = np.flatnonzero((d >= 0) & (np.arange(len(v)) > d) & (rng.random(len(v)) < repeat_p[v.kind]))
             self.ev.add(v.sub[rep], self.t_dx[rep], code, P_DX, visit=rep)
         # smoking status at some visits
-        for mask, code, p in ((self.smoker, "F17.210", 0.2), (self.former, "Z87.891", 0.1)):
+        for mask, smoke_code, p in ((self.smoker, "F17.210", 0.2), (self.former, "Z87.891", 0.1)):
             sel = np.flatnonzero(mask[v.sub] & (rng.random(len(v)) < p))
-            self.ev.add(v.sub[sel], self.t_dx[sel], _ix(_icd_code(code)), P_DX, visit=sel)
+            self.ev.add(v.sub[sel], self.t_dx[sel], _ix(_icd_code(smoke_code)), P_DX, visit=sel)
 
     def reasons_and_symptoms(self) -> None:
         """Admission/ER reasons, outpatient episodes and the planted prodromal symptoms."""
@@ -708,8 +741,8 @@ class _Shard:
         ev.add(v.sub[has_reason], self.t_reason[has_reason], v.reason[has_reason], P_DX, visit=has_reason)
         # outpatient episodes
         op = np.flatnonzero((v.kind == OP) & (rng.random(n_v) < 0.45))
-        ep_codes = np.asarray([_ix(_icd_code(c)) for c in ("Z00.00", "J06.9", "M54.50", "R05.9", "R51.9", "F41.9",
-                                                           "R10.9")])  # fmt: skip
+        episodes = ("Z00.00", "J06.9", "M54.50", "R05.9", "R51.9", "Z23", "R10.9")
+        ep_codes = np.asarray([_ix(_icd_code(c)) for c in episodes])
         pick = _choice(rng, np.tile([0.35, 0.2, 0.15, 0.1, 0.08, 0.06, 0.06], (len(op), 1)))
         ev.add(v.sub[op], self.t_dx[op], ep_codes[pick], P_DX, visit=op)
         # symptoms: likely in the year before (and month after) onset, rare otherwise
@@ -733,9 +766,8 @@ class _Shard:
             if code == "R00.2":
                 self.palpitations = sel
             idx = np.flatnonzero(sel)
-            ev.add(v.sub[idx], np.where(v.kind[idx] == IP, self.t_reason[idx], self.t_dx[idx]), _ix(_icd_code(code)),
-                   P_DX, visit=idx)  # fmt: skip
-        self.counts["symptom_visits"] = int(self.palpitations.sum())
+            when = np.where(v.kind[idx] == IP, self.t_reason[idx], self.t_dx[idx])
+            ev.add(v.sub[idx], when, _ix(_icd_code(code)), P_DX, visit=idx)
 
     def drugs(self) -> None:
         """Drugs start at the visit that diagnosed their indication; refills at later visits."""
@@ -781,10 +813,10 @@ class _Shard:
             has = np.flatnonzero(first != none)
             code = _ix(f"RxNorm/{_DRUGS[drug][0]}")
             self.ev.add(has, self.t_dx[first[has]], code, P_DRUG, visit=first[has])
-            self.drug_t[drug] = np.where(first != none, self.t_dx[np.minimum(first, n_v - 1)], np.inf)
+            self.drug_t[drug] = self.t_dx[np.where(first != none, first, -1)]
             f = first[v.sub]
             rep = np.flatnonzero((f != none) & (np.arange(n_v) > f) & (rng.random(n_v) < refill_p[v.kind]))
-            t = np.where(v.kind[rep] == IP, v.start[rep] + 2 * HOUR, self.t_dx[rep])
+            t = self.t_refill[rep]
             self.ev.add(v.sub[rep], t, code, P_DRUG, visit=rep)
 
     def on(self, drug: str, sub: Arr, t: Arr) -> Arr:
@@ -797,8 +829,8 @@ class _Shard:
         self.egfr0 = np.clip(127 - 0.75 * self.age0 + rng.normal(0, 12, n), 55, 150)
         self.ckd_target = rng.uniform(50, 59, n)
         self.ckd_lead = rng.uniform(1.0, 3.0, n) * YEAR
-        self.ckd_start = rng.uniform(32, 59, n)
-        self.ckd_slope = rng.uniform(1.0, 6.0, n)
+        self.ckd_start = rng.uniform(35, 59, n)
+        self.ckd_slope = rng.uniform(0.5, 3.5, n)
         self.a1c0 = np.where(
             self.predm,
             rng.uniform(5.7, 6.3, n),
@@ -807,7 +839,7 @@ class _Shard:
         self.dm_peak = rng.uniform(6.8, 9.8, n)
         self.dm_lead = rng.uniform(1.0, 3.0, n) * YEAR
         self.k0 = rng.normal(4.2, 0.18, n)
-        self.na0 = rng.normal(139.5, 1.4, n)
+        self.na0 = rng.normal(140.0, 1.3, n)
         self.hgb0 = np.where(self.male, rng.normal(15.0, 0.9, n), rng.normal(13.6, 0.8, n))
         lowplt = rng.random(n) < 0.04
         self.plt0 = np.where(lowplt, rng.uniform(85, 145, n), np.clip(250 * np.exp(rng.normal(0, 0.2, n)), 150, 450))
@@ -848,11 +880,9 @@ class _Shard:
         drawn = rng.random(n_v) < p_draw
         # inpatient stays get a draw on admission and each following morning (at most 10)
         n_draws = np.where(v.kind == IP, np.clip(np.ceil(v.end - v.start - HOUR), 1, 10), 1) * drawn
-        d_vis = np.repeat(np.arange(n_v), n_draws.astype(np.int64))
-        first = np.concatenate([[0], np.cumsum(n_draws.astype(np.int64))[:-1]])[n_draws > 0]
-        k = np.arange(len(d_vis)) - np.repeat(first, n_draws[n_draws > 0].astype(np.int64))
+        d_vis, k = _expand(n_draws.astype(np.int64))
         d_t = self.t_lab[d_vis] + k
-        keep = d_t < v.end[d_vis]
+        keep = d_t <= v.end[d_vis]
         d_vis, d_t, k = d_vis[keep], d_t[keep], k[keep]
         sub, kind, m = v.sub[d_vis], v.kind[d_vis], len(d_vis)
         admission = k == 0
@@ -870,7 +900,7 @@ class _Shard:
         female = ~self.male[sub]
         sexf = np.where(female, 0.742, 1.0)
         true_egfr = self.egfr(sub, d_t)
-        scr = (true_egfr / (175.0 * age**-0.203 * sexf)) ** (-1 / 1.154)
+        scr: Arr = (true_egfr / (175.0 * age**-0.203 * sexf)) ** (-1 / 1.154)
         aki = reason == _ix(_icd_code("N17.9"))
         bump = np.where(aki, rng.uniform(1.5, 2.8, m) * np.exp(-k / 3.0) + (1 - np.exp(-k / 3.0)), 1.0)
         bump = bump * np.where(reason == _ix(_icd_code("E86.0")), 1.25, 1.0)
@@ -881,7 +911,9 @@ class _Shard:
 
         a1c_true = self.a1c(sub, d_t)
         a1c = np.round(np.clip(a1c_true + rng.normal(0, 0.15, m), 4.0, 15.0), 1)
-        glucose = (28.7 * a1c_true - 46.7) * np.exp(rng.normal(0, 0.14, m)) * (1 + 0.15 * ip * dm_known)
+        # ADAG average glucose from HbA1c; outpatient draws are mostly fasting, inpatient ones stressed
+        setting: Arr = np.where(ip > 0, 1 + 0.15 * dm_known, 0.85)
+        glucose: Arr = (28.7 * a1c_true - 46.7) * np.exp(rng.normal(0, 0.14, m)) * setting
         glucose = np.round(np.clip(glucose, 40, 600))
 
         ckd_k = 0.035 * np.maximum(60 - true_egfr, 0)
@@ -890,7 +922,7 @@ class _Shard:
         hf_on = self.active("hf", sub, d_t) | (_ramp(d_t, self.onset["hf"][sub] - 180, 180) > 0.5)
         sodium = self.na0[sub] - 3 * hf_on - 2 * thz - 1 * loop - 0.05 * np.maximum(age - 65, 0)
         sodium = sodium - 2.5 * (self.on("sertraline", sub, d_t) & (age > 65)) + 5 * (reason == _ix(_icd_code("E86.0")))
-        sodium = np.round(np.clip(sodium + rng.normal(0, 2.0, m) + ip * rng.normal(-1, 2.5, m), 115, 160))
+        sodium = np.round(np.clip(sodium + rng.normal(0, 1.8, m) + ip * rng.normal(-1, 2.5, m), 115, 160))
 
         t_an = self.onset["anemia"][sub]
         anemia = 2.5 * np.where(t_an <= 0, 1.0, _ramp(d_t, t_an - 0.75 * YEAR, 0.75 * YEAR))
@@ -914,12 +946,11 @@ class _Shard:
         for key, mask, value in lab_rows:
             sel = np.flatnonzero(mask)
             lo = hi = None
-            if key in _MALE_RANGES:
-                lo_f, hi_f = _LABS[key][3], _LABS[key][4]
-                lo = np.where(male[sel], _MALE_RANGES[key][0], lo_f)
-                hi = np.where(male[sel], _MALE_RANGES[key][1], hi_f)
-            ev.add(sub[sel], d_t[sel], _ix(f"LOINC/{_LABS[key][0]}"), P_LAB, value=value[sel], visit=d_vis[sel],
-                   ref_low=lo, ref_high=hi)  # fmt: skip
+            if key in _FEMALE_RANGES:
+                (lo_f, hi_f), (lo_m, hi_m) = _FEMALE_RANGES[key], _MALE_RANGES[key]
+                lo, hi = np.where(male[sel], lo_m, lo_f), np.where(male[sel], hi_m, hi_f)
+            code = _ix(f"LOINC/{_LABS[key][0]}")
+            ev.add(sub[sel], d_t[sel], code, P_LAB, value=value[sel], visit=d_vis[sel], ref_low=lo, ref_high=hi)
         # lab orders on outpatient/ER draws and on admission
         order = admission | (kind != IP)
         for key, mask in (("cmp", bmp), ("cbc", cbc), ("a1c", a1c_on)):
@@ -937,25 +968,24 @@ class _Shard:
             ("N18.4", bmp & (egfr < 30) & ckd_known, 0.6),
             ("E11.65", bmp & (glucose > 250) & dm_known, 0.3),
         )
-        for code, mask, p in derived:
+        for dx_code, mask, p in derived:
             vis = np.unique(d_vis[mask & (rng.random(m) < p)])
-            ev.add(v.sub[vis], self.t_dx[vis], _ix(_icd_code(code)), P_DX, visit=vis)
+            ev.add(v.sub[vis], self.t_dx[vis], _ix(_icd_code(dx_code)), P_DX, visit=vis)
 
         # vitals at every OP/ER visit and with every inpatient draw
-        self._vitals(drawn)
+        self._vitals()
 
-    def _vitals(self, drawn: Arr) -> None:
+    def _vitals(self) -> None:
         rng, v, ev = self.rng, self.v, self.ev
         op_er = np.flatnonzero(v.kind != IP)
         ip_v = np.flatnonzero(v.kind == IP)
         n_ip = np.clip(np.ceil(v.end[ip_v] - v.start[ip_v] - HOUR), 1, 10).astype(np.int64)
-        ip_rep = np.repeat(ip_v, n_ip)
-        first = np.concatenate([[0], np.cumsum(n_ip)[:-1]])
-        k = np.arange(len(ip_rep)) - np.repeat(first, n_ip)
+        rep, k = _expand(n_ip)
+        ip_rep = ip_v[rep]
         vis = np.concatenate([op_er, ip_rep])
-        t = np.concatenate([self.t_vital[op_er], self.t_lab[ip_rep] + k - 20 * MINUTE])
+        t = np.concatenate([self.t_vital[op_er], np.maximum(self.t_lab[ip_rep] + k - 20 * MINUTE, v.start[ip_rep])])
         k = np.concatenate([np.zeros(len(op_er), np.int64), k])
-        keep = t < v.end[vis]
+        keep = t <= v.end[vis]
         vis, t, k = vis[keep], t[keep], k[keep]
         sub, m = v.sub[vis], len(vis)
         ip = (v.kind[vis] == IP).astype(float)
@@ -979,7 +1009,7 @@ class _Shard:
         hr = self.hr0[sub] + 14 * af_now + 25 * pre - 8 * self.on("carvedilol", sub, t) + 6 * ip
         hr = np.round(np.clip(hr + rng.normal(0, 6, m) + af_now * rng.normal(0, 10, m), 35, 190))
 
-        body = (v.kind[vis] == OP) & (rng.random(m) < 0.9) | ((v.kind[vis] == IP) & (k == 0))
+        body = ((v.kind[vis] == OP) & (rng.random(m) < 0.9)) | ((v.kind[vis] == IP) & (k == 0))
         for key, mask, value in (
             ("weight", body, weight),
             ("bmi", body, bmi),
@@ -1026,15 +1056,7 @@ class _Shard:
         self.labs()
         self.procedures()
         self.counts["deaths"] = int(np.isfinite(self.death).sum())
-        return self.ev.frame(self.cfg.start, 0, 0)
-
-
-def _shard_frame(cfg: SynthConfig, shard_index: int, first_sid: int, first_vid: int, n: int) -> tuple[pl.DataFrame, int, dict[str, int]]:
-    """Events of one shard (subjects ``first_sid``..), its visit count and counts."""
-    shard = _Shard(cfg, shard_index, n)
-    frame = shard.run()
-    frame = frame.with_columns(pl.col(s.SUBJECT_ID) + first_sid, pl.col(s.VISIT_ID) + first_vid)
-    return frame, len(shard.v), shard.counts
+        return self.ev.frame(self.cfg.start, self.first_sid, self.first_vid)
 
 
 def generate_cohort(
@@ -1056,8 +1078,11 @@ def generate_cohort(
         next_vid = 1
         for shard_index, first in enumerate(range(0, config.n_subjects, config.shard_subjects)):
             n = min(config.shard_subjects, config.n_subjects - first)
-            frame, n_visits, counts = _shard_frame(config, shard_index, first + 1, next_vid, n)
-            next_vid += n_visits
+            shard = _Shard(config, shard_index, first + 1, next_vid, n)
+            frame = shard.run()
+            next_vid += len(shard.v)
+            counts = shard.counts
+            del shard
             frame = conform_events(frame, source=config.dataset_name)
             append_shards(tmp, [frame], shard_subjects=config.shard_subjects)
             report.n_events += frame.height
@@ -1077,7 +1102,3 @@ def generate_cohort(
     report.counts["subjects"] = config.n_subjects
     report.seconds = time.perf_counter() - began
     return report
-
-
-def _unused(_: Sequence[Any]) -> None:  # pragma: no cover
-    pass

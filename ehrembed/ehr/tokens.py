@@ -7,9 +7,7 @@ package (the default student), loaded offline from its ``tokenizer.json``.
 
 from __future__ import annotations
 
-import bisect
 import importlib.util
-import itertools
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,18 +37,6 @@ class HFTokenCounter:
             return [len(e.ids) for e in encodings]
         batch = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in batch]
-
-
-    def count_lines(self, lines: list[str]) -> list[int]:
-        """Tokens per line from one pass over the joined text (token offsets → line numbers)."""
-        if not isinstance(self.tokenizer, Tokenizer):
-            return self.count(lines)
-        text = "\n".join(lines)
-        starts = list(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
-        counts = [0] * len(lines)
-        for begin, _end in self.tokenizer.encode(text, add_special_tokens=False).offsets:
-            counts[bisect.bisect_right(starts, begin) - 1] += 1
-        return counts
 
 
 class WhitespaceCounter:

@@ -124,15 +124,17 @@ class Vocabulary:
 
     def lookup(self, code: str) -> tuple[str | None, Source]:
         """(description or None, where it came from)."""
-        hit = self._cache.get(code)
-        if hit is None:
-            if code in self.descriptions:
-                hit = (self.descriptions[code], "metadata")
-            elif self.use_packages and (found := package_description(code)) is not None:
-                hit = (found, "package")
-            else:
-                hit = (None, "raw")
-            self._cache[code] = hit
+        cached = self._cache.get(code)
+        if cached is not None:
+            return cached
+        hit: tuple[str | None, Source]
+        if code in self.descriptions:
+            hit = (self.descriptions[code], "metadata")
+        elif self.use_packages and (found := package_description(code)) is not None:
+            hit = (found, "package")
+        else:
+            hit = (None, "raw")
+        self._cache[code] = hit
         return hit
 
     def describe(self, code: str) -> str | None:

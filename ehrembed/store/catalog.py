@@ -12,7 +12,9 @@ from ehrembed.store.repository import register_dataset
 from ehrembed.store.tables import Dataset, DatasetSource
 
 
-def register_meds(session: Session, dataset: MedsDataset, source: DatasetSource | str, name: str | None = None) -> Dataset:
+def register_meds(
+    session: Session, dataset: MedsDataset, source: DatasetSource | str, name: str | None = None
+) -> Dataset:
     """Upsert ``dataset`` under ``name`` (default: its metadata name) with its subjects and splits."""
     splits = dataset.splits()
     source_ids = dataset.source_ids()

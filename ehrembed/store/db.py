@@ -48,9 +48,7 @@ def _parse_url(raw: str) -> URL:
 
 def _is_memory_sqlite(url: URL) -> bool:
     database = url.database or ""
-    return database in ("", ":memory:") or (
-        database.startswith("file:") and "mode=memory" in database + str(url.query)
-    )
+    return database in ("", ":memory:") or url.query.get("mode") == "memory" or "mode=memory" in database
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -74,10 +72,7 @@ def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
     are merged with the store's own). No connection is opened here; :func:`create_all` opens the
     first one and reports an unreachable database as a :class:`StoreError`.
     """
-    if isinstance(url, URL):
-        parsed = url
-    else:
-        parsed = _parse_url(get_settings().resolved_database_url if url is None else url)
+    parsed = url if isinstance(url, URL) else _parse_url(get_settings().resolved_database_url if url is None else url)
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         connect_args["check_same_thread"] = False  # sessions may move between threads (web workers)
@@ -105,9 +100,7 @@ def create_all(engine: Engine) -> None:
         with engine.connect():
             pass
     except DBAPIError as exc:
-        raise StoreError(
-            f"cannot connect to database {_describe(engine.url)}: {exc.orig}; {_URL_HELP}"
-        ) from None
+        raise StoreError(f"cannot connect to database {_describe(engine.url)}: {exc.orig}; {_URL_HELP}") from None
     Base.metadata.create_all(engine)
 
 

@@ -218,9 +218,7 @@ def list_datasets(session: Session) -> list[Dataset]:
 def delete_dataset(session: Session, name: str) -> None:
     """Delete a dataset with its subjects and labels; its artifacts stay, detached from it."""
     dataset = get_dataset(session, name)
-    session.execute(
-        delete(Dataset).where(Dataset.id == dataset.id), execution_options={"synchronize_session": False}
-    )
+    session.execute(delete(Dataset).where(Dataset.id == dataset.id), execution_options={"synchronize_session": False})
     session.expunge(dataset)
 
 
@@ -228,9 +226,7 @@ def _resolve_dataset(session: Session, dataset: Dataset | str) -> Dataset:
     return dataset if isinstance(dataset, Dataset) else get_dataset(session, dataset)
 
 
-def get_subjects(
-    session: Session, dataset: Dataset | str, split: s.Split | str | None = None
-) -> pl.DataFrame:
+def get_subjects(session: Session, dataset: Dataset | str, split: s.Split | str | None = None) -> pl.DataFrame:
     """Subjects of a dataset (optionally one split) as ``subject_id``/``split``/``source_id``, by id."""
     ds = _resolve_dataset(session, dataset)
     query = select(Subject.subject_id, Subject.split, Subject.source_id).where(Subject.dataset_id == ds.id)
@@ -369,9 +365,7 @@ def _resolve_task(session: Session, task: Task | str) -> Task:
     return task if isinstance(task, Task) else get_task(session, task)
 
 
-def replace_labels(
-    session: Session, task: Task | str, dataset: Dataset | str, labels: Iterable[s.Label]
-) -> int:
+def replace_labels(session: Session, task: Task | str, dataset: Dataset | str, labels: Iterable[s.Label]) -> int:
     """Replace every label of ``task`` on ``dataset`` with ``labels``; returns how many were stored.
 
     Prediction times are stored naive UTC (aware ones converted). Two labels for one
@@ -425,9 +419,7 @@ def count_labels(session: Session, task: Task | str, dataset: Dataset | str) -> 
     task_row = _resolve_task(session, task)
     ds = _resolve_dataset(session, dataset)
     count = session.scalar(
-        select(func.count())
-        .select_from(LabelRow)
-        .where(LabelRow.task_id == task_row.id, LabelRow.dataset_id == ds.id)
+        select(func.count()).select_from(LabelRow).where(LabelRow.task_id == task_row.id, LabelRow.dataset_id == ds.id)
     )
     return int(count or 0)
 
@@ -450,9 +442,7 @@ def create_api_key(session: Session, name: str, scope: ApiScope | str) -> tuple[
     scope_value = _coerce(ApiScope, scope, "API key scope")
     clash = session.scalar(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)))
     if clash is not None:
-        raise ConflictError(
-            f"an active API key named {name!r} already exists; revoke it or pick another name"
-        )
+        raise ConflictError(f"an active API key named {name!r} already exists; revoke it or pick another name")
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         name=name,

@@ -130,10 +130,7 @@ class Dataset(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     def __repr__(self) -> str:
-        return (
-            f"Dataset(id={self.id!r}, name={self.name!r}, source={self.source!r}, "
-            f"n_subjects={self.n_subjects!r})"
-        )
+        return f"Dataset(id={self.id!r}, name={self.name!r}, source={self.source!r}, n_subjects={self.n_subjects!r})"
 
 
 class Subject(Base):
@@ -141,9 +138,7 @@ class Subject(Base):
 
     __tablename__ = "subjects"
 
-    dataset_id: Mapped[int] = mapped_column(
-        IdType, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
-    )
+    dataset_id: Mapped[int] = mapped_column(IdType, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
     subject_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     split: Mapped[Split] = mapped_column(_enum(Split))
     source_id: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -198,9 +193,7 @@ class LabelRow(Base):
     __tablename__ = "labels"
 
     task_id: Mapped[int] = mapped_column(IdType, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(
-        IdType, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
-    )
+    dataset_id: Mapped[int] = mapped_column(IdType, ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
     subject_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     prediction_time: Mapped[dt.datetime] = mapped_column(primary_key=True)
     value: Mapped[float] = mapped_column(Float)

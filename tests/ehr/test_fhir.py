@@ -105,9 +105,7 @@ def test_every_resource_becomes_events(cohort: dict[str, Any]) -> None:
 def test_labs_vitals_and_descriptions(cohort: dict[str, Any]) -> None:
     events = _events(cohort["bulk"])
     labs = events.filter(
-        pl.col(s.CODE).str.starts_with("LOINC/")
-        & pl.col(s.NUMERIC_VALUE).is_not_null()
-        & pl.col(s.UNIT).is_not_null()
+        pl.col(s.CODE).str.starts_with("LOINC/") & pl.col(s.NUMERIC_VALUE).is_not_null() & pl.col(s.UNIT).is_not_null()
     )
     assert labs.height > 0
     glucose = events.filter(pl.col(s.CODE) == "LOINC/2345-7")
@@ -192,9 +190,7 @@ def test_imperfect_bundles_are_counted_not_dropped(tmp_path: Path) -> None:
     recoded = [(i, d) for i, d in defects if d.kind == "unknown_code_system"]
     assert recoded, "the seed should hit some codes"
     # A blood pressure panel's own code is never used (its components are), so it is not counted.
-    examined = [
-        (i, d) for i, d in recoded if not dirty[i]["entry"][d.entry_index]["resource"].get("component")
-    ]
+    examined = [(i, d) for i, d in recoded if not dirty[i]["entry"][d.entry_index]["resource"].get("component")]
     assert dirty_report.skipped[f"unmapped system {LOCAL_SYSTEM}"] == len(examined)
     lost = sum(n for reason, n in dirty_report.skipped.items() if reason.endswith("no mapped code"))
     assert 0 < lost <= len(examined)
@@ -202,8 +198,7 @@ def test_imperfect_bundles_are_counted_not_dropped(tmp_path: Path) -> None:
 
     unparseable = [d for _, d in defects if d.kind == "unparseable_value"]
     texts = dirty_events.filter(
-        pl.col(s.TEXT_VALUE).is_in(["not detected", "<0.1", "QNS", "see comment"])
-        & pl.col(s.NUMERIC_VALUE).is_null()
+        pl.col(s.TEXT_VALUE).is_in(["not detected", "<0.1", "QNS", "see comment"]) & pl.col(s.NUMERIC_VALUE).is_null()
     )
     # Each replaced value is still an event, with the typed text as its value (unless its code was
     # also replaced, in which case it was counted under "no mapped code").
@@ -305,9 +300,7 @@ def test_unmapped_system_falls_back_and_is_counted() -> None:
             {**condition, "code": {"coding": [local], "text": "only local"}},
         ]
     )
-    assert events.filter(pl.col(s.CODE).str.starts_with("SNOMED/")).get_column(s.CODE).to_list() == [
-        "SNOMED/44054006"
-    ]
+    assert events.filter(pl.col(s.CODE).str.starts_with("SNOMED/")).get_column(s.CODE).to_list() == ["SNOMED/44054006"]
     assert report.skipped == {
         "unmapped system http://hospital.example/codes": 2,
         "Condition: no mapped code": 1,
@@ -379,9 +372,7 @@ def test_patient_demographics() -> None:
     }
     ethnicity = {
         "url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
-        "extension": [
-            {"url": "ombCategory", "valueCoding": {"code": "2135-2", "display": "Hispanic or Latino"}}
-        ],
+        "extension": [{"url": "ombCategory", "valueCoding": {"code": "2135-2", "display": "Hispanic or Latino"}}],
     }
     events, codes, _ = _convert(
         [_patient(gender="male", deceasedDateTime="2024-02-03T04:05:06Z", extension=[race, ethnicity])]
@@ -392,9 +383,7 @@ def test_patient_demographics() -> None:
         "Race/2131-1",
         "Race/5",
     ]
-    assert events.filter(pl.col(s.CODE) == s.BIRTH_CODE).get_column(s.TIME).to_list() == [
-        dt.datetime(1970, 5, 6)
-    ]
+    assert events.filter(pl.col(s.CODE) == s.BIRTH_CODE).get_column(s.TIME).to_list() == [dt.datetime(1970, 5, 6)]
     assert events.filter(pl.col(s.CODE) == s.DEATH_CODE).get_column(s.TIME).to_list() == [
         dt.datetime(2024, 2, 3, 4, 5, 6)
     ]
@@ -474,9 +463,7 @@ def test_observation_values() -> None:
 
 def test_medication_references() -> None:
     metformin = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "860975"}]}
-    insulin = {
-        "coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-8215", "display": "insulin"}]
-    }
+    insulin = {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "0002-8215", "display": "insulin"}]}
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -553,9 +540,7 @@ def test_other_resource_types() -> None:
             {
                 "resourceType": "DiagnosticReport",
                 "status": "final",
-                "code": {
-                    "coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel"}]
-                },
+                "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2", "display": "CBC panel"}]},
                 "subject": {"reference": "Patient/p1"},
                 "issued": "2021-10-02T12:00:00+00:00",
             },
@@ -573,13 +558,13 @@ def test_other_resource_types() -> None:
 
 
 def test_folders_gzip_single_resources_and_non_fhir_json(tmp_path: Path) -> None:
+    """Folders are searched recursively; ndjson.gz and single-resource JSON are read; a JSON file
+    that is not FHIR (a bulk export manifest) is counted, not fatal."""
     nested = tmp_path / "in" / "deep" / "er"
     nested.mkdir(parents=True)
-    (tmp_path / "in" / "patient.json").write_text(json.dumps(_patient()), encoding="utf-8")
+    (tmp_path / "in" / "patient.json").write_text(json.dumps(_patient()), encoding="utf-8-sig")  # with a BOM
     with gzip.open(nested / "Observation.ndjson.gz", "wt", encoding="utf-8") as fh:
-        fh.write(
-            json.dumps(_observation("2020-01-01")) + "\n\n" + json.dumps(_observation("2020-01-02")) + "\n"
-        )
+        fh.write(json.dumps(_observation("2020-01-01")) + "\n\n" + json.dumps(_observation("2020-01-02")) + "\n")
     (tmp_path / "in" / "manifest.json").write_text(json.dumps({"transactionTime": "2020"}), encoding="utf-8")
     (tmp_path / "in" / "notes.txt").write_text("not read", encoding="utf-8")
     report = ingest_fhir([tmp_path / "in"], tmp_path / "out", dataset_name="tiny")

@@ -25,8 +25,14 @@ def _events() -> pl.DataFrame:
 
 
 def test_round_trip_sorted_and_sharded(tmp_path: Path) -> None:
-    write_dataset(tmp_path / "d", _events(), pl.DataFrame({s.CODE: ["A"], s.DESCRIPTION: ["Alpha"]}),
-                  dataset_name="toy", etl_name="test", shard_subjects=2)
+    write_dataset(
+        tmp_path / "d",
+        _events(),
+        pl.DataFrame({s.CODE: ["A"], s.DESCRIPTION: ["Alpha"]}),
+        dataset_name="toy",
+        etl_name="test",
+        shard_subjects=2,
+    )
     ds = MedsDataset.open(tmp_path / "d")
     assert len(ds.shards) == 2
     patients = list(ds.iter_patients())
@@ -47,8 +53,13 @@ def test_null_code_names_the_row() -> None:
 
 
 def test_aware_times_become_utc() -> None:
-    frame = pl.DataFrame({s.SUBJECT_ID: [1], s.TIME: [dt.datetime(2020, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5)))],
-                          s.CODE: ["A"]})
+    frame = pl.DataFrame(
+        {
+            s.SUBJECT_ID: [1],
+            s.TIME: [dt.datetime(2020, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5)))],
+            s.CODE: ["A"],
+        }
+    )
     assert conform_events(frame).item(0, s.TIME) == dt.datetime(2020, 1, 1, 7)
 
 
@@ -56,7 +67,7 @@ def test_open_rejects_non_meds_folders(tmp_path: Path) -> None:
     with pytest.raises(MedsError, match="no such dataset folder"):
         MedsDataset.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MedsError, match="no data/\\*.parquet"):
+    with pytest.raises(MedsError, match=r"no data/\*\.parquet"):
         MedsDataset.open(tmp_path / "empty")
 
 

@@ -20,7 +20,9 @@ from ehrembed.ehr.vocabulary import coverage
 CODE_RE = re.compile(r"^(MEDS_[A-Z_]+|[A-Za-z0-9]+/\S.*)$")
 
 
-def test_eunomia_ingests_all_persons_with_descriptions(eunomia_ingest: tuple[MedsDataset, IngestReport]) -> None:
+def test_eunomia_ingests_all_persons_with_descriptions(
+    eunomia_ingest: tuple[MedsDataset, IngestReport],
+) -> None:
     dataset, report = eunomia_ingest
     events = dataset.scan().collect()
     assert report.n_subjects == 2694 == events.get_column(s.SUBJECT_ID).n_unique()
@@ -76,44 +78,105 @@ def small_cdm(tmp_path: Path) -> Path:
         folder,
         "PERSON",
         [
-            {"PERSON_ID": 1, "GENDER_CONCEPT_ID": 8532, "YEAR_OF_BIRTH": 1950, "MONTH_OF_BIRTH": 3, "DAY_OF_BIRTH": 4},
-            {"PERSON_ID": 2, "GENDER_CONCEPT_ID": 8507, "YEAR_OF_BIRTH": 1980, "MONTH_OF_BIRTH": None, "DAY_OF_BIRTH": None},
+            {
+                "PERSON_ID": 1,
+                "GENDER_CONCEPT_ID": 8532,
+                "YEAR_OF_BIRTH": 1950,
+                "MONTH_OF_BIRTH": 3,
+                "DAY_OF_BIRTH": 4,
+            },
+            {
+                "PERSON_ID": 2,
+                "GENDER_CONCEPT_ID": 8507,
+                "YEAR_OF_BIRTH": 1980,
+                "MONTH_OF_BIRTH": None,
+                "DAY_OF_BIRTH": None,
+            },
         ],
     )
     _write_csv(
         folder,
         "concept",
         [
-            {"concept_id": 201826, "concept_name": "Type 2 diabetes mellitus", "domain_id": "Condition",
-             "vocabulary_id": "SNOMED", "concept_code": "44054006"},
-            {"concept_id": 3016723, "concept_name": "Creatinine [Mass/volume] in Serum or Plasma",
-             "domain_id": "Measurement", "vocabulary_id": "LOINC", "concept_code": "2160-0"},
-            {"concept_id": 8840, "concept_name": "milligram per deciliter", "domain_id": "Unit",
-             "vocabulary_id": "UCUM", "concept_code": "mg/dL"},
-            {"concept_id": 9201, "concept_name": "Inpatient Visit", "domain_id": "Visit",
-             "vocabulary_id": "Visit", "concept_code": "IP"},
+            {
+                "concept_id": 201826,
+                "concept_name": "Type 2 diabetes mellitus",
+                "domain_id": "Condition",
+                "vocabulary_id": "SNOMED",
+                "concept_code": "44054006",
+            },
+            {
+                "concept_id": 3016723,
+                "concept_name": "Creatinine [Mass/volume] in Serum or Plasma",
+                "domain_id": "Measurement",
+                "vocabulary_id": "LOINC",
+                "concept_code": "2160-0",
+            },
+            {
+                "concept_id": 8840,
+                "concept_name": "milligram per deciliter",
+                "domain_id": "Unit",
+                "vocabulary_id": "UCUM",
+                "concept_code": "mg/dL",
+            },
+            {
+                "concept_id": 9201,
+                "concept_name": "Inpatient Visit",
+                "domain_id": "Visit",
+                "vocabulary_id": "Visit",
+                "concept_code": "IP",
+            },
         ],
     )
     _write_csv(
         folder,
         "visit_occurrence",
-        [{"visit_occurrence_id": 10, "person_id": 1, "visit_concept_id": 9201,
-          "visit_start_date": "2020-01-01", "visit_end_date": "2020-01-05"}],
+        [
+            {
+                "visit_occurrence_id": 10,
+                "person_id": 1,
+                "visit_concept_id": 9201,
+                "visit_start_date": "2020-01-01",
+                "visit_end_date": "2020-01-05",
+            }
+        ],
     )
     _write_csv(
         folder,
         "condition_occurrence",
-        [{"condition_occurrence_id": 100, "person_id": 1, "condition_concept_id": 201826,
-          "condition_start_date": "2020-01-02", "visit_occurrence_id": 10},
-         {"condition_occurrence_id": 101, "person_id": 2, "condition_concept_id": 0,
-          "condition_start_date": "2021-05-05", "visit_occurrence_id": None}],
+        [
+            {
+                "condition_occurrence_id": 100,
+                "person_id": 1,
+                "condition_concept_id": 201826,
+                "condition_start_date": "2020-01-02",
+                "visit_occurrence_id": 10,
+            },
+            {
+                "condition_occurrence_id": 101,
+                "person_id": 2,
+                "condition_concept_id": 0,
+                "condition_start_date": "2021-05-05",
+                "visit_occurrence_id": None,
+            },
+        ],
     )
     _write_csv(
         folder,
         "measurement",
-        [{"measurement_id": 7, "person_id": 1, "measurement_concept_id": 3016723, "measurement_date": "2020-01-03",
-          "value_as_number": 2.4, "unit_concept_id": 8840, "range_low": 0.6, "range_high": 1.2,
-          "visit_occurrence_id": 10}],
+        [
+            {
+                "measurement_id": 7,
+                "person_id": 1,
+                "measurement_concept_id": 3016723,
+                "measurement_date": "2020-01-03",
+                "value_as_number": 2.4,
+                "unit_concept_id": 8840,
+                "range_low": 0.6,
+                "range_high": 1.2,
+                "visit_occurrence_id": 10,
+            }
+        ],
     )
     return folder
 
@@ -131,15 +194,28 @@ def test_csv_folder_extract(small_cdm: Path, tmp_path: Path) -> None:
     assert end[s.TIME] == dt.datetime(2020, 1, 5, 23, 59, 59) and end[s.TEXT_VALUE] == "Visit/IP"
     birth = events.filter((pl.col(s.CODE) == s.BIRTH_CODE) & (pl.col(s.SUBJECT_ID) == 2)).item(0, s.TIME)
     assert birth == dt.datetime(1980, 1, 1)
-    assert dataset.codes().filter(pl.col(s.CODE) == "SNOMED/44054006").item(0, s.DESCRIPTION) == "Type 2 diabetes mellitus"
+    assert (
+        dataset.codes().filter(pl.col(s.CODE) == "SNOMED/44054006").item(0, s.DESCRIPTION) == "Type 2 diabetes mellitus"
+    )
     assert any("drug_exposure" in w for w in report.warnings)
 
 
 def test_missing_person_table(tmp_path: Path) -> None:
     folder = tmp_path / "cdm"
     folder.mkdir()
-    _write_csv(folder, "concept", [{"concept_id": 1, "concept_name": "x", "domain_id": "Condition",
-                                    "vocabulary_id": "SNOMED", "concept_code": "1"}])
+    _write_csv(
+        folder,
+        "concept",
+        [
+            {
+                "concept_id": 1,
+                "concept_name": "x",
+                "domain_id": "Condition",
+                "vocabulary_id": "SNOMED",
+                "concept_code": "1",
+            }
+        ],
+    )
     with pytest.raises(OmopError, match="person table is required"):
         ingest_omop(folder=folder, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -161,9 +237,16 @@ def test_row_without_date_names_the_row_unless_lenient(small_cdm: Path, tmp_path
     _write_csv(
         small_cdm,
         "condition_occurrence",
-        [{"condition_occurrence_id": 555, "person_id": 1, "condition_concept_id": 201826, "condition_start_date": None}],
+        [
+            {
+                "condition_occurrence_id": 555,
+                "person_id": 1,
+                "condition_concept_id": 201826,
+                "condition_start_date": None,
+            }
+        ],
     )
-    with pytest.raises(OmopError, match="condition_occurrence row condition_occurrence_id=555 .*--lenient"):
+    with pytest.raises(OmopError, match=r"condition_occurrence row condition_occurrence_id=555 .*--lenient"):
         ingest_omop(folder=small_cdm, out=tmp_path / "out")
     report = ingest_omop(folder=small_cdm, out=tmp_path / "out", lenient=True)
     assert report.skipped["condition_occurrence: no date"] == 1

@@ -93,7 +93,9 @@ def test_markdown_layout() -> None:
     assert "Current time: 2020-07-19 23:00" in text
     assert "- Age: 60 years" in text and "- Sex: Female" in text
     # newest value first, with units and flags: the source's range wins over the built-in one
-    assert "- Creatinine [Mass/volume] in Serum or Plasma: 2.6 mg/dL (high), 1.9 mg/dL (high), 1.1 mg/dL (normal)" in text
+    assert (
+        "- Creatinine [Mass/volume] in Serum or Plasma: 2.6 mg/dL (high), 1.9 mg/dL (high), 1.1 mg/dL (normal)" in text
+    )
     assert "- Systolic blood pressure: 85 mm[Hg] (low)" in text
     assert "- Body weight: 81.5 kg" in text
     assert "- Inpatient Visit: 2020-04-10 to 2020-04-15, 5 days (100 days ago)" in text
@@ -210,7 +212,9 @@ def test_budget_needs_a_counter_and_a_positive_size() -> None:
         ("LOINC/9999-9", 5.0, "x", None, None, None),
     ],
 )
-def test_flags(code: str, value: float, unit: str | None, low: float | None, high: float | None, expected: str | None) -> None:
+def test_flags(
+    code: str, value: float, unit: str | None, low: float | None, high: float | None, expected: str | None
+) -> None:
     assert flag(code, value, unit, low, high) == expected
 
 
@@ -218,8 +222,16 @@ def test_eunomia_record_reads_like_the_layout(eunomia: MedsDataset) -> None:
     vocab = Vocabulary.from_dataset(eunomia)
     p = eunomia.patient(eunomia.subject_ids()[0])
     text = Serializer(vocab).serialize(p, as_of=dt.datetime(2019, 6, 1))
-    for heading in ("# Electronic Healthcare Record", "## Patient Demographics", "## Past Medical Visits",
-                    "## Detailed Past Medical Visits", "#### Conditions"):
+    for heading in (
+        "# Electronic Healthcare Record",
+        "## Patient Demographics",
+        "## Past Medical Visits",
+        "## Detailed Past Medical Visits",
+        "#### Conditions",
+    ):
         assert heading in text
-    assert "/" not in "".join(line for line in text.splitlines() if line.startswith("- ") and "Visit" not in line
-                              and "MG" not in line and "ACTUAT" not in line), "codes are shown as descriptions"
+    assert "/" not in "".join(
+        line
+        for line in text.splitlines()
+        if line.startswith("- ") and "Visit" not in line and "MG" not in line and "ACTUAT" not in line
+    ), "codes are shown as descriptions"

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.orm import Session
 
 from ehrembed.schema import Label
 from ehrembed.settings import get_settings
@@ -100,7 +101,7 @@ def _splits(n: int, start: int = 1) -> list[tuple[int, str, str | None]]:
     return [(i, names[i % 3], f"src-{i}" if i % 2 else None) for i in range(start, start + n)]
 
 
-def _register(session, name: str = "demo", n: int = 10, start: int = 1) -> Dataset:  # type: ignore[no-untyped-def]
+def _register(session: Session, name: str = "demo", n: int = 10, start: int = 1) -> Dataset:
     return register_dataset(
         session, name, f"/data/{name}", "synth", n, n * 7, FINGERPRINT, {"note": name}, _splits(n, start)
     )
@@ -120,6 +121,16 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
     with eng.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
+    eng.dispose()
+
+
+def test_in_memory_sqlite_is_shared_between_sessions() -> None:
+    eng = make_engine("sqlite://")
+    create_all(eng)
+    with session_scope(eng) as session:
+        _register(session, "mem", n=3)
+    with session_scope(eng) as session:
+        assert get_subjects(session, "mem").height == 3
     eng.dispose()
 
 
@@ -218,7 +229,14 @@ def test_artifact_upsert(engine: Engine, tmp_path: Path) -> None:
     with session_scope(engine) as session:
         ds = _register(session, "demo")
         first = register_artifact(
-            session, ArtifactKind.EMBEDDINGS, "student-v1", "/a/1", "A" * 64, 123, spec={"dim": 384}, dataset=ds
+            session,
+            ArtifactKind.EMBEDDINGS,
+            "student-v1",
+            "/a/1",
+            "A" * 64,
+            123,
+            spec={"dim": 384},
+            dataset=ds,
         )
         register_artifact(session, "model", "student-v1", "/m/1", "b" * 64, 5)  # same name, other kind
     assert first.sha256 == "a" * 64  # stored lower-case
@@ -314,7 +332,9 @@ def test_api_keys(engine: Engine) -> None:
         assert verify_api_key(session, secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
         assert verify_api_key(session, "ehr_wrong") is None
         assert verify_api_key(session, "") is None
-        assert verify_api_key(session, admin_secret).scope == ApiScope.ADMIN  # type: ignore[union-attr]
+        found_admin = verify_api_key(session, admin_secret)
+        assert found_admin is not None and found_admin.id == admin_key.id
+        assert found_admin.scope == ApiScope.ADMIN
         with pytest.raises(ConflictError, match="analyst"):
             create_api_key(session, "analyst", "write")
         with pytest.raises(StoreError, match="unknown API key scope"):
@@ -333,7 +353,8 @@ def test_api_keys(engine: Engine) -> None:
         rotated, new_secret = create_api_key(session, "analyst", "write")  # name free again
         assert rotated.id != key.id
     with session_scope(engine) as session:
-        assert verify_api_key(session, new_secret).id == rotated.id  # type: ignore[union-attr]
+        found_rotated = verify_api_key(session, new_secret)
+        assert found_rotated is not None and found_rotated.id == rotated.id
 
     # The secret is nowhere in the database.
     with engine.connect() as conn:
@@ -432,6 +453,7 @@ def test_bad_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
         make_engine()
     with pytest.raises(StoreError, match="EHREMBED_DATABASE_URL"):
         make_engine("nosuchdialect://user@host/db")
+    pytest.importorskip("psycopg")
     unreachable = make_engine("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
     with pytest.raises(StoreError, match="EHREMBED_DATABASE_URL") as info:
         create_all(unreachable)
