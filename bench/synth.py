@@ -14,9 +14,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import peak_rss_mb, save  # noqa: E402
+from _common import peak_rss_mb, save
 
-from ehrembed.ehr.synth import SynthConfig, generate_cohort  # noqa: E402
+from ehrembed.ehr.synth import SynthConfig, generate_cohort
 
 
 def _size_mb(path: Path) -> float:
