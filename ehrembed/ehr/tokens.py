@@ -33,8 +33,9 @@ class HFTokenCounter:
         if not texts:
             return []
         if isinstance(self.tokenizer, Tokenizer):
-            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-            return [len(e.ids) for e in encodings]
+            # encode_batch_fast skips character offsets, which counting does not need
+            encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+            return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
         batch = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in batch]
 
