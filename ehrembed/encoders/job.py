@@ -1,0 +1,196 @@
+"""The embed job: serialize patients, encode what the cache lacks, write an EmbeddingSet.
+
+Patients are streamed in chunks: each chunk is serialized within the encoder's token budget,
+looked up in the content-addressed cache, and only the misses are encoded and stored as a new
+cache shard. A killed job therefore resumes where it stopped, with no vector lost or encoded
+twice, and the final EmbeddingSet (assembled from the cache in row order) is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ehrembed import schema as s
+from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.serialize import SerializeError, Serializer, SerializerConfig
+from ehrembed.ehr.vocabulary import Vocabulary
+from ehrembed.encoders.base import DEFAULT_INSTRUCTION, Encoder, EncoderError
+from ehrembed.encoders.cache import EmbeddingCache, cache_key
+from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.settings import get_settings
+
+_BUDGET_MARGIN = 4  # tokens kept free for the model's own special tokens
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How records become vectors. ``serializer.max_tokens`` None means the encoder's budget."""
+
+    instruction: str | None = DEFAULT_INSTRUCTION
+    serializer: SerializerConfig = field(default_factory=SerializerConfig)
+    batch_size: int = 8
+    chunk_size: int = 256
+    cache_dir: Path | None = None
+
+
+@dataclass
+class EmbedReport:
+    """What the job did; counts only, no record text."""
+
+    out: Path
+    rows: int = 0
+    encoded: int = 0
+    cached: int = 0
+    truncated_records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens_encoded: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out"] = str(self.out)
+        data["records_per_second"] = round(self.encoded / self.seconds, 2) if self.seconds and self.encoded else None
+        return data
+
+
+class EncoderTokenCounter:
+    """Lets the serializer count tokens with the encoder's own tokenizer."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.name = f"{encoder.spec.name}@{encoder.spec.revision[:12]}"
+
+    def count(self, texts: list[str]) -> list[int]:
+        return self.encoder.count_tokens(texts)
+
+
+def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedConfig) -> Serializer:
+    """A serializer whose budget leaves room for the instruction inside the encoder's window."""
+    budget = config.serializer.max_tokens
+    if budget is None:
+        prefix = encoder.spec.format("", config.instruction) if config.instruction else ""
+        prefix_tokens = encoder.count_tokens([prefix])[0] if prefix else 0
+        budget = encoder.spec.max_tokens - prefix_tokens - _BUDGET_MARGIN
+        if budget <= 0:
+            raise EncoderError(
+                f"the instruction alone uses {prefix_tokens} of {encoder.spec.max_tokens} tokens; "
+                "shorten it or raise the encoder's max_tokens"
+            )
+    serializer_config = dataclasses.replace(config.serializer, max_tokens=budget)
+    return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder))
+
+
+def default_cache_dir(encoder: Encoder) -> Path:
+    return get_settings().home / "cache" / "embeddings" / encoder.spec.fingerprint()
+
+
+def embed_dataset(
+    dataset: MedsDataset,
+    encoder: Encoder,
+    out: Path,
+    config: EmbedConfig | None = None,
+    *,
+    subject_ids: Sequence[int] | None = None,
+    as_of: dt.datetime | dict[int, dt.datetime] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbedReport:
+    """Embed each subject as of ``as_of`` (one time, a per-subject map, or each one's last event).
+
+    ``progress(done, total)`` is called after every chunk. Subjects whose as-of time falls before
+    their birth, or who have no dated events, are skipped and counted in the report.
+    """
+    config = config or EmbedConfig()
+    started = time.perf_counter()
+    report = EmbedReport(out=Path(out))
+    vocabulary = Vocabulary.from_dataset(dataset)
+    serializer = record_serializer(encoder, vocabulary, config)
+    cache = EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
+    fingerprint = encoder.spec.fingerprint()
+    wanted = list(subject_ids) if subject_ids is not None else dataset.subject_ids()
+    total = len(wanted)
+
+    keys: list[bytes] = []
+    row_ids: list[int] = []
+    row_times: list[dt.datetime] = []
+    pending: list[tuple[bytes, str]] = []
+    seen_pending: set[bytes] = set()
+    done = 0
+
+    def flush() -> None:
+        if not pending:
+            return
+        texts = [text for _, text in pending]
+        vectors = encoder.encode(texts, instruction=config.instruction, batch_size=config.batch_size)
+        report.tokens_encoded += sum(encoder.count_tokens(texts))
+        cache.put([key for key, _ in pending], vectors)
+        report.encoded += len(pending)
+        pending.clear()
+        seen_pending.clear()
+
+    for patient in dataset.iter_patients(wanted if subject_ids is not None else None):
+        done += 1
+        when = _as_of_for(patient, as_of)
+        if when is None:
+            report.skipped["no dated events"] = report.skipped.get("no dated events", 0) + 1
+            continue
+        try:
+            result = serializer.serialize_with_stats(patient, as_of=when)
+        except SerializeError:
+            report.skipped["as-of before birth"] = report.skipped.get("as-of before birth", 0) + 1
+            continue
+        report.truncated_records += result.truncated
+        key = cache_key(fingerprint, serializer.version, config.instruction, result.text)
+        keys.append(key)
+        row_ids.append(patient.subject_id)
+        row_times.append(when)
+        if key in cache:
+            report.cached += 1
+        elif key not in seen_pending:
+            pending.append((key, result.text))
+            seen_pending.add(key)
+        if len(pending) >= config.chunk_size:
+            flush()
+            if progress is not None:
+                progress(done, total)
+    flush()
+    if progress is not None:
+        progress(done, total)
+    if not keys:
+        raise EncoderError(f"no records to embed in {dataset.root} (skipped: {report.skipped or 'none'})")
+    missing_subjects = total - done
+    if missing_subjects > 0:
+        report.skipped["unknown subject"] = missing_subjects
+    embeddings = EmbeddingSet(
+        subject_ids=np.asarray(row_ids, dtype=np.int64),
+        as_of=np.asarray(row_times, dtype="datetime64[us]"),
+        vectors=cache.get_many(keys),
+        spec=encoder.spec,
+        serializer_version=serializer.version,
+        instruction=config.instruction,
+        extra={
+            "dataset": dataset.name,
+            "serializer": dataclasses.asdict(serializer.config),
+            "truncated_records": report.truncated_records,
+        },
+    )
+    embeddings.save(out)
+    report.rows = len(keys)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _as_of_for(patient: s.Patient, as_of: dt.datetime | dict[int, dt.datetime] | None) -> dt.datetime | None:
+    if isinstance(as_of, dict):
+        return as_of.get(patient.subject_id)
+    if as_of is not None:
+        return as_of
+    times = [e.time for e in patient.events if e.time is not None]
+    return max(times) if times else None
