@@ -442,7 +442,9 @@ class Serializer:
                     alive[parent] = True
             text = _join(lines, alive)
             exact = counter.count([text])[0]
-            if exact <= budget or not keep:
+            if not keep:
+                raise SerializeError(f"a budget of {budget} tokens cannot hold even the record's first line")
+            if exact <= budget:
                 dropped = sum(1 for line, on in zip(lines, alive, strict=True) if not on and not line.heading)
                 return Serialized(text, exact, dropped)
             keep.pop()  # per-line sums can undercount the joined text: give up the oldest kept line

@@ -20,7 +20,7 @@ import numpy as np
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.serialize import SerializeError, Serializer, SerializerConfig
+from ehrembed.ehr.serialize import Serializer, SerializerConfig
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import DEFAULT_INSTRUCTION, Encoder, EncoderError
 from ehrembed.encoders.cache import EmbeddingCache, cache_key
@@ -28,6 +28,7 @@ from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.settings import get_settings
 
 _BUDGET_MARGIN = 4  # tokens kept free for the model's own special tokens
+MIN_RECORD_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
         prefix = encoder.spec.format("", config.instruction) if config.instruction else ""
         prefix_tokens = encoder.count_tokens([prefix])[0] if prefix else 0
         budget = encoder.spec.max_tokens - prefix_tokens - _BUDGET_MARGIN
-        if budget <= 0:
+        if budget < MIN_RECORD_TOKENS:
             raise EncoderError(
-                f"the instruction alone uses {prefix_tokens} of {encoder.spec.max_tokens} tokens; "
-                "shorten it or raise the encoder's max_tokens"
+                f"the instruction uses {prefix_tokens} of {encoder.spec.max_tokens} tokens, leaving {budget} for "
+                f"the record (at least {MIN_RECORD_TOKENS} needed); shorten it or raise the encoder's max_tokens"
             )
     serializer_config = dataclasses.replace(config.serializer, max_tokens=budget)
     return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder))
@@ -141,11 +142,11 @@ def embed_dataset(
         if when is None:
             report.skipped["no dated events"] = report.skipped.get("no dated events", 0) + 1
             continue
-        try:
-            result = serializer.serialize_with_stats(patient, as_of=when)
-        except SerializeError:
+        birth = patient.birth_time
+        if birth is not None and when < birth:
             report.skipped["as-of before birth"] = report.skipped.get("as-of before birth", 0) + 1
             continue
+        result = serializer.serialize_with_stats(patient, as_of=when)
         report.truncated_records += result.truncated
         key = cache_key(fingerprint, serializer.version, config.instruction, result.text)
         keys.append(key)

@@ -235,3 +235,9 @@ def test_eunomia_record_reads_like_the_layout(eunomia: MedsDataset) -> None:
         for line in text.splitlines()
         if line.startswith("- ") and "Visit" not in line and "MG" not in line and "ACTUAT" not in line
     ), "codes are shown as descriptions"
+
+
+def test_budget_too_small_for_anything_is_an_error() -> None:
+    serializer = Serializer(VOCAB, SerializerConfig(max_tokens=3), load_token_counter())
+    with pytest.raises(SerializeError, match="cannot hold even the record's first line"):
+        serializer.serialize(patient(), as_of=day(200))
