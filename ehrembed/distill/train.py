@@ -1,0 +1,757 @@
+"""Distil a teacher's vectors into a sentence-transformers student: a small, resumable torch loop.
+
+The student (any ``SentenceTransformer`` whose output already has the teacher's dimension, e.g. a
+BERT + pooling + Dense projection) regresses its ``sentence_embedding`` on teacher vectors of
+serialized records with ``weight_mse * MSE + weight_cosine * (1 - cosine)``, plus optionally an
+in-batch InfoNCE term (``weight_contrastive``) and a CKD-EHR soft-label term (``weight_soft_label``:
+a linear head on the student embedding learns ``soft_alpha * BCE(hard) + (1 - soft_alpha) *
+BCE(teacher probabilities)``).
+
+Teacher agreement on held-out records (MSE, mean cosine) is measured before training and after
+every epoch; the best epoch is kept and training stops after ``patience`` epochs without
+improvement. Pass held-out *patients* as ``val_texts`` / ``val_teacher``; the ``val_fraction``
+fallback splits records at random.
+
+Output layout (``out_dir``)::
+
+    out_dir/                  a standard sentence-transformers folder (best epoch's weights):
+        modules.json, config_sentence_transformers.json, model.safetensors, tokenizer..., 1_Pooling/, 2_Dense/
+        README.md             model card: teacher, data fingerprint, losses, metrics, versions
+        distill.json          the same as JSON
+        soft_label_head.json  the soft-label head's coefficients, when that term was used
+        .checkpoints/         only while training runs, after an interruption, or with keep_checkpoints
+
+Checkpoints (see :mod:`ehrembed.distill.checkpoint`) go to ``out_dir/.checkpoints/`` every
+``checkpoint_every_steps`` steps and at each epoch end. While a run is unfinished ``out_dir`` holds
+nothing but ``.checkpoints/`` (no ``modules.json``, so it can't be mistaken for a model);
+``distill(..., resume=True)`` continues from the last one. The final folder is built atomically;
+after it is in place the checkpoints are deleted unless ``keep_checkpoints`` is set, in which case
+they stay in the hidden ``.checkpoints/`` (sentence-transformers ignores it) so that a later
+``resume=True`` with more ``epochs`` can extend the run (the linear schedule is then recomputed
+over the new total, so the learning rate rises again from where the new schedule puts it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ehrembed.distill import checkpoint as ckpt
+from ehrembed.distill.card import package_versions, render_model_card
+from ehrembed.distill.losses.contrastive import info_nce_loss
+from ehrembed.distill.losses.embedding import mse_and_cosine
+from ehrembed.distill.losses.soft_label import SoftLabelLoss
+from ehrembed.fsutil import atomic_dir
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+CHECKPOINTS = ".checkpoints"
+CARD_FILE = "distill.json"
+README_FILE = "README.md"
+HEAD_FILE = "soft_label_head.json"
+
+# Settings that may change between an interrupted run and its resumption; the rest must match.
+RESUMABLE_FIELDS = frozenset(
+    {"epochs", "patience", "min_delta", "checkpoint_every_steps", "keep_checkpoints", "device", "eval_batch_size"}
+)
+
+
+class DistillError(ValueError):
+    """Distillation cannot run as asked (bad inputs, dimension mismatch, nothing to resume)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Recipe for one distillation run."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    """Fraction of all steps with linear warm-up; linear decay to zero afterwards."""
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    weight_mse: float = 1.0
+    weight_cosine: float = 1.0
+    weight_contrastive: float = 0.0
+    temperature: float = 0.05
+    weight_soft_label: float = 0.0
+    soft_alpha: float = 0.9
+    """CKD-EHR mix: ``soft_alpha * BCE(hard) + (1 - soft_alpha) * BCE(teacher probabilities)``."""
+    max_tokens: int | None = None
+    """Student token budget (``max_seq_length``); ``None`` keeps the student's own."""
+    val_fraction: float = 0.1
+    """Used only when no explicit validation set is given (a random record-level split)."""
+    monitor: Literal["mse", "cosine"] = "mse"
+    """Held-out teacher agreement that picks the best epoch: lowest MSE or highest cosine."""
+    patience: int | None = 2
+    """Epochs without improvement before stopping; ``None`` never stops early."""
+    min_delta: float = 0.0
+    eval_batch_size: int = 64
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N optimizer steps (0: only at epoch ends)."""
+    keep_checkpoints: bool = False
+    device: str | None = None
+    """``None``: CUDA when available, else CPU."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise DistillError("epochs, batch_size and eval_batch_size must be at least 1")
+        if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise DistillError("lr must be positive and warmup_ratio in [0, 1)")
+        weights = (self.weight_mse, self.weight_cosine, self.weight_contrastive, self.weight_soft_label)
+        if min(weights) < 0 or sum(weights) == 0:
+            raise DistillError("loss weights must be non-negative and not all zero")
+        if self.temperature <= 0 or not 0.0 <= self.soft_alpha <= 1.0:
+            raise DistillError("temperature must be positive and soft_alpha in [0, 1]")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DistillError("val_fraction must lie in (0, 1)")
+        if self.patience is not None and self.patience < 1:
+            raise DistillError("patience must be at least 1 (or None to never stop early)")
+        if self.checkpoint_every_steps < 0:
+            raise DistillError("checkpoint_every_steps must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Held-out teacher agreement: per-element MSE and mean row cosine."""
+
+    mse: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    step: int
+    train_loss: float
+    train_terms: dict[str, float]
+    val_mse: float
+    val_cosine: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DistillEvent:
+    """What a progress callback hears: ``start``, ``step``, ``eval``, ``checkpoint`` or ``done``."""
+
+    kind: Literal["start", "step", "eval", "checkpoint", "done"]
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+DistillProgress = Callable[[DistillEvent], None]
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    out_dir: Path
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    """0 means no epoch beat the untrained student (which is then what was saved)."""
+    initial: Agreement
+    final: Agreement
+    """Agreement of the saved (best) weights."""
+    steps: int
+    resumed_from_step: int | None
+    stopped_early: bool
+    n_train: int
+    n_val: int
+    seconds: float
+    card: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _features(student: SentenceTransformer, texts: Sequence[str], device: torch.device) -> dict[str, Any]:
+    prepare = getattr(student, "preprocess", None) or student.tokenize
+    features = prepare(list(texts))
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+
+def _forward(student: SentenceTransformer, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    out: torch.Tensor = student(_features(student, texts, device))["sentence_embedding"]
+    return out
+
+
+@torch.no_grad()
+def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """Student output (unnormalised ``sentence_embedding``) for ``texts`` as float32, in eval mode."""
+    was_training = student.training
+    student.eval()
+    device = next(student.parameters()).device
+    try:
+        chunks = [
+            _forward(student, texts[i : i + batch_size], device).float().cpu().numpy()
+            for i in range(0, len(texts), batch_size)
+        ]
+    finally:
+        student.train(was_training)
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def teacher_agreement(student_vectors: np.ndarray, teacher: np.ndarray) -> Agreement:
+    """Per-element MSE and mean row cosine between student outputs and teacher vectors."""
+    if student_vectors.shape != teacher.shape:
+        raise DistillError(
+            f"student output has shape {student_vectors.shape} but the teacher vectors {teacher.shape}; "
+            "give the student a Dense projection to the teacher's dimension "
+            "(ehrembed.encoders.student.build_student_for_distillation does this)"
+        )
+    s = student_vectors.astype(np.float64)
+    t = np.asarray(teacher, dtype=np.float64)
+    mse = float(np.mean((s - t) ** 2))
+    denom = np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1), 1e-12)
+    cosine = float(np.mean(np.sum(s * t, axis=1) / denom))
+    return Agreement(mse=mse, cosine=cosine)
+
+
+def evaluate_agreement(
+    student: SentenceTransformer, texts: Sequence[str], teacher: np.ndarray, *, batch_size: int = 64
+) -> Agreement:
+    """Encode ``texts`` with the student and compare with ``teacher``."""
+    return teacher_agreement(encode_texts(student, texts, batch_size=batch_size), teacher)
+
+
+def data_fingerprint(texts: Sequence[str], vectors: np.ndarray, *extra: np.ndarray | None) -> str:
+    """Short SHA-256 of texts, teacher vectors and any label arrays (order matters)."""
+    digest = hashlib.sha256()
+    digest.update(f"{len(texts)}\0".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    for array in (vectors, *extra):
+        if array is None:
+            digest.update(b"none\0")
+            continue
+        arr = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(f"{arr.shape}\0".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_pair(texts: Sequence[str], vectors: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[0] != len(texts):
+        raise DistillError(f"{what}: {len(texts)} texts but teacher vectors of shape {arr.shape}")
+    if len(texts) == 0:
+        raise DistillError(f"{what}: no records")
+    if not np.isfinite(arr).all():
+        raise DistillError(f"{what}: teacher vectors contain NaN or infinity")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise DistillError(f"{what}: record {i} has empty text")
+    return arr
+
+
+def _as_label_matrix(labels: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+    if labels is None:
+        return None
+    arr = np.asarray(labels, dtype=np.float32)
+    arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise DistillError(f"{what}: expected {n} rows, got shape {np.asarray(labels).shape}")
+    finite = arr[~np.isnan(arr)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        raise DistillError(f"{what}: values must lie in [0, 1] (NaN marks a missing label)")
+    return arr
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _resolve_device(config: DistillConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_portable(student: SentenceTransformer) -> None:
+    for module in student.children():
+        if type(module).__module__.startswith("ehrembed"):
+            raise DistillError(
+                f"student module {type(module).__name__} comes from ehrembed; the distilled folder must load "
+                "with plain sentence-transformers, so use its standard modules"
+            )
+
+
+def _is_better(value: Agreement, best: float, config: DistillConfig) -> bool:
+    if config.monitor == "mse":
+        return value.mse < best - config.min_delta
+    return value.cosine > best + config.min_delta
+
+
+def _score(value: Agreement, config: DistillConfig) -> float:
+    return value.mse if config.monitor == "mse" else value.cosine
+
+
+@contextlib.contextmanager
+def rich_progress(description: str = "distilling") -> Iterator[DistillProgress]:
+    """A rich progress bar over optimizer steps that logs each held-out evaluation."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(event: DistillEvent) -> None:
+            if event.kind == "start":
+                bar.update(task, total=event.total_steps, completed=event.step)
+            elif event.kind == "step":
+                bar.update(
+                    task, completed=event.step, description=f"{description} e{event.epoch} loss {event.loss:.4g}"
+                )
+            elif event.kind == "eval":
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in event.metrics.items())
+                bar.console.log(f"epoch {event.epoch}: {shown}")
+
+        yield update
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def distill(
+    student: SentenceTransformer,
+    train_texts: Sequence[str],
+    train_teacher: np.ndarray,
+    val_texts: Sequence[str] | None,
+    val_teacher: np.ndarray | None,
+    out_dir: Path | str,
+    config: DistillConfig = DistillConfig(),
+    *,
+    hard_labels: np.ndarray | None = None,
+    soft_labels: np.ndarray | None = None,
+    teacher_info: dict[str, Any] | None = None,
+    progress: DistillProgress | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> DistillResult:
+    """Train ``student`` (in place) towards the teacher vectors and save the best epoch to ``out_dir``.
+
+    ``hard_labels`` / ``soft_labels`` (``(n_train,)`` or ``(n_train, tasks)``, NaN = missing) feed
+    the soft-label term and are needed when ``config.weight_soft_label > 0``. ``teacher_info`` (name,
+    spec_fingerprint, data_fingerprint, ...) goes into the model card. ``resume`` continues from
+    ``out_dir/.checkpoints``; ``overwrite`` replaces an existing model or abandons old checkpoints.
+    """
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    train_texts = list(train_texts)
+    train_teacher = _check_pair(train_texts, train_teacher, "train")
+    hard = _as_label_matrix(hard_labels, len(train_texts), "hard_labels")
+    soft = _as_label_matrix(soft_labels, len(train_texts), "soft_labels")
+    if (val_texts is None) != (val_teacher is None):
+        raise DistillError("give both val_texts and val_teacher, or neither (then val_fraction splits train)")
+    if val_texts is None or val_teacher is None:
+        train_texts, train_teacher, val_texts, val_teacher, hard, soft = _split(
+            train_texts, train_teacher, hard, soft, config
+        )
+    val_texts = list(val_texts)
+    val_teacher = _check_pair(val_texts, val_teacher, "validation")
+    if train_teacher.shape[1] != val_teacher.shape[1]:
+        raise DistillError(f"train teacher dim {train_teacher.shape[1]} != validation dim {val_teacher.shape[1]}")
+    if config.weight_soft_label > 0 and hard is None and soft is None:
+        raise DistillError("weight_soft_label > 0 needs hard_labels and/or soft_labels (teacher probabilities)")
+    if hard is not None and soft is not None and hard.shape != soft.shape:
+        raise DistillError(f"hard labels {hard.shape} and soft labels {soft.shape} differ in shape")
+    _check_portable(student)
+
+    fingerprint = data_fingerprint(train_texts, train_teacher, hard, soft, val_teacher)
+    checkpoints = out_dir / CHECKPOINTS
+    resuming = _prepare_out_dir(out_dir, checkpoints, resume=resume, overwrite=overwrite)
+
+    device = _resolve_device(config)
+    if config.max_tokens is not None:
+        student.max_seq_length = config.max_tokens
+    student.to(device)
+    torch.manual_seed(config.seed)
+
+    labels = hard if hard is not None else soft
+    tasks = 0 if labels is None else int(labels.shape[1])
+    soft_module = (
+        SoftLabelLoss(train_teacher.shape[1], tasks, alpha=config.soft_alpha).to(device)
+        if config.weight_soft_label > 0
+        else None
+    )
+    trainable = nn.ModuleDict({"student": student})
+    if soft_module is not None:
+        trainable["soft_label"] = soft_module
+    optimizer = torch.optim.AdamW(
+        [p for p in trainable.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    n_train = len(train_texts)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_ratio * total_steps)
+
+    if resuming:
+        state = _resume_state(checkpoints, trainable, optimizer, config, fingerprint)
+        resumed_from: int | None = int(state["step"])
+    else:
+        initial = evaluate_agreement(student, val_texts, val_teacher, batch_size=config.eval_batch_size)
+        best_dir = ckpt.save_best(checkpoints, trainable, 0)
+        state = {
+            "step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "running": {},
+            "history": [],
+            "initial": dataclasses.asdict(initial),
+            "best_epoch": 0,
+            "best_score": _score(initial, config),
+            "best_agreement": dataclasses.asdict(initial),
+            "best_dir": best_dir,
+            "bad_epochs": 0,
+            "stopped_early": False,
+            "config": config.to_dict(),
+            "data_fingerprint": fingerprint,
+            "n_train": n_train,
+            "n_val": len(val_texts),
+        }
+        resumed_from = None
+        if progress:
+            progress(DistillEvent("eval", 0, 0, total_steps, metrics=dict(state["initial"])))
+    if progress:
+        progress(DistillEvent("start", int(state["epoch"]) + 1, int(state["step"]), total_steps))
+
+    def save_checkpoint() -> None:
+        ckpt.save_checkpoint(checkpoints, trainable, optimizer, state)
+        if progress:
+            progress(DistillEvent("checkpoint", int(state["epoch"]) + 1, int(state["step"]), total_steps))
+
+    student.train()
+    epoch_started = time.monotonic()
+    while state["epoch"] < config.epochs:
+        if config.patience is not None and state["bad_epochs"] >= config.patience:
+            state["stopped_early"] = True
+            break
+        epoch = int(state["epoch"])
+        order = np.random.default_rng(config.seed + epoch).permutation(n_train)
+        running: dict[str, float] = state["running"]
+        for b in range(int(state["batch_in_epoch"]), steps_per_epoch):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            lr = config.lr * _lr_factor(int(state["step"]), total_steps, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, terms = _loss(student, soft_module, train_texts, train_teacher, hard, soft, idx, config, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
+            optimizer.step()
+            state["step"] = int(state["step"]) + 1
+            state["batch_in_epoch"] = b + 1
+            running["n"] = running.get("n", 0.0) + len(idx)
+            running["loss"] = running.get("loss", 0.0) + float(loss.detach()) * len(idx)
+            for name, value in terms.items():
+                running[name] = running.get(name, 0.0) + value * len(idx)
+            state["running"] = running
+            state["lr"] = lr
+            every = config.checkpoint_every_steps
+            if every and state["step"] % every == 0 and b + 1 < steps_per_epoch:
+                save_checkpoint()
+            if progress:
+                progress(DistillEvent("step", epoch + 1, int(state["step"]), total_steps, loss=float(loss.detach())))
+
+        agreement = evaluate_agreement(student, val_texts, val_teacher, batch_size=config.eval_batch_size)
+        count = max(running.get("n", 0.0), 1.0)
+        record = EpochRecord(
+            epoch=epoch + 1,
+            step=int(state["step"]),
+            train_loss=running.get("loss", 0.0) / count,
+            train_terms={k: v / count for k, v in running.items() if k not in ("n", "loss")},
+            val_mse=agreement.mse,
+            val_cosine=agreement.cosine,
+            lr=float(state.get("lr", config.lr)),
+            seconds=time.monotonic() - epoch_started,
+        )
+        epoch_started = time.monotonic()
+        state["history"].append(dataclasses.asdict(record))
+        if _is_better(agreement, float(state["best_score"]), config):
+            state.update(
+                best_epoch=epoch + 1,
+                best_score=_score(agreement, config),
+                best_agreement=dataclasses.asdict(agreement),
+                best_dir=ckpt.save_best(checkpoints, trainable, epoch + 1),
+                bad_epochs=0,
+            )
+        else:
+            state["bad_epochs"] = int(state["bad_epochs"]) + 1
+        state.update(epoch=epoch + 1, batch_in_epoch=0, running={})
+        if progress:
+            progress(
+                DistillEvent("eval", epoch + 1, int(state["step"]), total_steps, metrics=dataclasses.asdict(agreement))
+            )
+        save_checkpoint()
+
+    # The best weights go into the student, then into the final folder.
+    ckpt.load_weights(trainable, checkpoints / str(state["best_dir"]))
+    student.eval()
+    history = tuple(EpochRecord(**row) for row in state["history"])
+    initial_agreement = Agreement(**state["initial"])
+    final_agreement = Agreement(**state["best_agreement"])
+    card = _card(
+        student,
+        config,
+        state,
+        teacher_info or {},
+        fingerprint,
+        n_train=n_train,
+        n_val=len(val_texts),
+        labels=(hard, soft),
+        resumed_from=resumed_from,
+    )
+    _write_final(out_dir, checkpoints, student, soft_module, card, keep_checkpoints=config.keep_checkpoints)
+    if progress:
+        progress(DistillEvent("done", int(state["epoch"]), int(state["step"]), total_steps, metrics=card["metrics"]))
+    return DistillResult(
+        out_dir=out_dir,
+        history=history,
+        best_epoch=int(state["best_epoch"]),
+        initial=initial_agreement,
+        final=final_agreement,
+        steps=int(state["step"]),
+        resumed_from_step=resumed_from,
+        stopped_early=bool(state["stopped_early"]),
+        n_train=n_train,
+        n_val=len(val_texts),
+        seconds=time.monotonic() - started,
+        card=card,
+    )
+
+
+def _split(
+    texts: list[str],
+    teacher: np.ndarray,
+    hard: np.ndarray | None,
+    soft: np.ndarray | None,
+    config: DistillConfig,
+) -> tuple[list[str], np.ndarray, list[str], np.ndarray, np.ndarray | None, np.ndarray | None]:
+    n = len(texts)
+    n_val = max(1, round(n * config.val_fraction))
+    if n - n_val < 1:
+        raise DistillError(f"{n} records are too few to hold out a validation set")
+    order = np.random.default_rng(config.seed).permutation(n)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (
+        [texts[i] for i in train_idx],
+        teacher[train_idx],
+        [texts[i] for i in val_idx],
+        teacher[val_idx],
+        None if hard is None else hard[train_idx],
+        None if soft is None else soft[train_idx],
+    )
+
+
+def _prepare_out_dir(out_dir: Path, checkpoints: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Decide between a fresh run and a resumed one; returns True when resuming."""
+    if ckpt.has_checkpoint(checkpoints):
+        if resume:
+            return True
+        if not overwrite:
+            raise DistillError(
+                f"{out_dir} holds checkpoints of an earlier run; pass resume=True to continue it "
+                "or overwrite=True to start over"
+            )
+        shutil.rmtree(checkpoints)
+    elif resume and (out_dir / "modules.json").exists() and not overwrite:
+        raise DistillError(
+            f"nothing to resume in {out_dir}: the run finished and its checkpoints were removed "
+            "(set keep_checkpoints=True to extend runs later); pass overwrite=True to train afresh"
+        )
+    others = [p for p in out_dir.iterdir() if p.name != CHECKPOINTS] if out_dir.is_dir() else []
+    if others and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
+    if checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    return False
+
+
+def _resume_state(
+    checkpoints: Path,
+    trainable: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: DistillConfig,
+    fingerprint: str,
+) -> dict[str, Any]:
+    saved = ckpt.read_state(checkpoints)
+    if saved.get("data_fingerprint") != fingerprint:
+        raise DistillError("the checkpoint was trained on other data (fingerprint differs); cannot resume")
+    old = saved.get("config", {})
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS and old.get(k) != v)
+    if changed:
+        raise DistillError(f"cannot resume with a changed recipe: {', '.join(changed)} differ from the checkpoint")
+    try:
+        state = ckpt.load_checkpoint(checkpoints, trainable, optimizer)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise DistillError(f"checkpoint in {checkpoints} does not fit this student: {exc}") from exc
+    state["config"] = config.to_dict()
+    return state
+
+
+def _loss(
+    student: SentenceTransformer,
+    soft_module: SoftLabelLoss | None,
+    texts: list[str],
+    teacher: np.ndarray,
+    hard: np.ndarray | None,
+    soft: np.ndarray | None,
+    idx: np.ndarray,
+    config: DistillConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    emb = _forward(student, [texts[i] for i in idx], device)
+    target = torch.as_tensor(np.asarray(teacher[idx], dtype=np.float32), device=device)
+    if emb.shape != target.shape:
+        raise DistillError(
+            f"student output {tuple(emb.shape)[1:]} vs teacher {tuple(target.shape)[1:]}: give the student a Dense "
+            "projection to the teacher's dimension"
+        )
+    emb = emb.float()
+    mse, cosine = mse_and_cosine(emb, target)
+    loss = config.weight_mse * mse + config.weight_cosine * (1.0 - cosine)
+    terms = {"mse": float(mse.detach()), "cosine": float(cosine.detach())}
+    if config.weight_contrastive > 0:
+        contrastive = info_nce_loss(emb, target, temperature=config.temperature)
+        loss = loss + config.weight_contrastive * contrastive
+        terms["contrastive"] = float(contrastive.detach())
+    if soft_module is not None:
+
+        def rows(arr: np.ndarray | None) -> torch.Tensor | None:
+            return None if arr is None else torch.as_tensor(arr[idx], device=device)
+
+        soft_term = soft_module(emb, rows(hard), rows(soft))
+        loss = loss + config.weight_soft_label * soft_term
+        terms["soft_label"] = float(soft_term.detach())
+    return loss, terms
+
+
+def _output_dim(student: SentenceTransformer) -> int | None:
+    getter = getattr(student, "get_embedding_dimension", None) or student.get_sentence_embedding_dimension
+    dim = getter()
+    return None if dim is None else int(dim)
+
+
+def _card(
+    student: SentenceTransformer,
+    config: DistillConfig,
+    state: dict[str, Any],
+    teacher_info: dict[str, Any],
+    fingerprint: str,
+    *,
+    n_train: int,
+    n_val: int,
+    labels: tuple[np.ndarray | None, np.ndarray | None],
+    resumed_from: int | None,
+) -> dict[str, Any]:
+    hard, soft = labels
+    losses: dict[str, Any] = {"mse": config.weight_mse, "1 - cosine": config.weight_cosine}
+    if config.weight_contrastive > 0:
+        losses["in-batch InfoNCE"] = config.weight_contrastive
+        losses["temperature"] = config.temperature
+    if config.weight_soft_label > 0:
+        losses["soft label (alpha·BCE(hard) + (1-alpha)·BCE(teacher))"] = config.weight_soft_label
+        losses["soft_alpha"] = config.soft_alpha
+        labels_used = hard if hard is not None else soft
+        losses["soft-label tasks"] = None if labels_used is None else int(labels_used.shape[1])
+    teacher = {k: v for k, v in teacher_info.items() if v is not None}
+    teacher.setdefault("name", None)
+    return {
+        "format": "ehrembed.distill/1",
+        "teacher": teacher,
+        "student": {
+            "output_dim": _output_dim(student),
+            "max_seq_length": student.max_seq_length,
+            "modules": ", ".join(type(m).__name__ for m in student.children()),
+            "parameters": sum(p.numel() for p in student.parameters()),
+        },
+        "data": {
+            "train_records": n_train,
+            "val_records": n_val,
+            "data_fingerprint": fingerprint,
+            "teacher_data_fingerprint": teacher_info.get("data_fingerprint"),
+            "hard_labels": hard is not None,
+            "soft_labels": soft is not None,
+        },
+        "losses": losses,
+        "metrics": {
+            "initial": state["initial"],
+            "final": state["best_agreement"],
+            "best_epoch": state["best_epoch"],
+            "monitor": config.monitor,
+            "steps": state["step"],
+            "epochs_run": state["epoch"],
+            "stopped_early": state["stopped_early"],
+            "resumed_from_step": resumed_from,
+        },
+        "history": [
+            {k: v for k, v in row.items() if k != "train_terms"} | row["train_terms"] for row in state["history"]
+        ],
+        "config": config.to_dict(),
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_final(
+    out_dir: Path,
+    checkpoints: Path,
+    student: SentenceTransformer,
+    soft_module: SoftLabelLoss | None,
+    card: dict[str, Any],
+    *,
+    keep_checkpoints: bool,
+) -> None:
+    """Swap the finished model in atomically; checkpoints wait beside it and are then kept or dropped."""
+    aside = out_dir.with_name(f".{out_dir.name}.checkpoints-{uuid.uuid4().hex[:8]}")
+    os.replace(checkpoints, aside)
+    try:
+        with atomic_dir(out_dir, overwrite=True) as tmp:
+            student.save(str(tmp), create_model_card=False)
+            if soft_module is not None:
+                soft_module.head.save_json(
+                    tmp / HEAD_FILE,
+                    input="sentence_embedding",
+                    alpha=soft_module.alpha,
+                    note="logits = x @ weight.T + bias over the student's output; probability = sigmoid(logits)",
+                )
+                card["soft_label_head"] = HEAD_FILE
+            (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
+            (tmp / README_FILE).write_text(render_model_card(card))
+    except BaseException:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(aside, checkpoints)
+        raise
+    if keep_checkpoints:
+        os.replace(aside, checkpoints)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)

