@@ -316,10 +316,11 @@ def _score(value: Agreement, config: DistillConfig) -> float:
 @contextlib.contextmanager
 def rich_progress(description: str = "distilling") -> Iterator[DistillProgress]:
     """A rich progress bar over optimizer steps that logs each held-out evaluation."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays free for --json output
         task = bar.add_task(description, total=None)
 
         def update(event: DistillEvent) -> None:

