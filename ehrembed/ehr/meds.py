@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ehrembed import __version__
@@ -317,12 +316,3 @@ def patients_from_frame(frame: pl.DataFrame) -> Iterator[s.Patient]:
 
 def _shard_key(path: Path) -> tuple[int, str]:
     return (int(path.stem), "") if path.stem.isdigit() else (1 << 60, path.stem)
-
-
-def ensure_table(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
-    """Polars view of an Arrow table (or the frame itself)."""
-    if isinstance(table, pl.DataFrame):
-        return table
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
