@@ -434,6 +434,7 @@ class Serializer:
                 total += extra
             if full_stop:
                 break
+        additive = bool(getattr(counter, "additive", False))
         while True:
             alive = [False] * len(lines)
             for i in keep:
@@ -441,11 +442,13 @@ class Serializer:
                 for parent in lines[i].parents:
                     alive[parent] = True
             text = _join(lines, alive)
+            dropped = sum(1 for line, on in zip(lines, alive, strict=True) if not on and not line.heading)
+            if keep and additive:  # whitespace-split tokenizers: the line costs add up exactly
+                return Serialized(text, total, dropped)
             exact = counter.count([text])[0]
             if not keep:
                 raise SerializeError(f"a budget of {budget} tokens cannot hold even the record's first line")
             if exact <= budget:
-                dropped = sum(1 for line, on in zip(lines, alive, strict=True) if not on and not line.heading)
                 return Serialized(text, exact, dropped)
             keep.pop()  # per-line sums can undercount the joined text: give up the oldest kept line
 

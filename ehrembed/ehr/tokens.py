@@ -34,6 +34,7 @@ class HFTokenCounter:
             tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.name = name
+        self.additive = _splits_on_whitespace(tokenizer)
 
     def count(self, texts: list[str]) -> list[int]:
         if not texts:
@@ -44,6 +45,19 @@ class HFTokenCounter:
             return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
         batch = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in batch]
+
+
+def _splits_on_whitespace(tokenizer: Any) -> bool:
+    """True when no token can span a line break, so a text's count is the sum of its lines' counts.
+
+    BERT-style pre-tokenizers split on whitespace before the model runs; byte-level BPE (GPT, Qwen)
+    and SentencePiece may merge a newline with its neighbours, so they are not additive.
+    """
+    from tokenizers import pre_tokenizers
+
+    if not isinstance(tokenizer, Tokenizer):
+        return False
+    return isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer | pre_tokenizers.WhitespaceSplit)
 
 
 class WhitespaceCounter:

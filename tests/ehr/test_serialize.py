@@ -241,3 +241,15 @@ def test_budget_too_small_for_anything_is_an_error() -> None:
     serializer = Serializer(VOCAB, SerializerConfig(max_tokens=3), load_token_counter())
     with pytest.raises(SerializeError, match="cannot hold even the record's first line"):
         serializer.serialize(patient(), as_of=day(200))
+
+
+def test_whitespace_split_counters_add_up_exactly(eunomia: MedsDataset) -> None:
+    """The budget fitter trusts per-line sums only where no token can cross a line break."""
+    counter = load_token_counter()
+    assert counter.additive
+    vocab = Vocabulary.from_dataset(eunomia)
+    serializer = Serializer(vocab, SerializerConfig(max_tokens=300), counter)
+    for p in eunomia.iter_patients(eunomia.subject_ids()[:25]):
+        result = serializer.serialize_with_stats(p, as_of=max(e.time for e in p.events if e.time is not None))
+        if result.n_tokens is not None:
+            assert result.n_tokens == counter.count([result.text])[0]
