@@ -102,17 +102,17 @@ def main() -> None:
         print(f"{name:<14} {results[name]['records_per_second']:8.2f} records/s", file=sys.stderr)
     ratios: dict[str, float] = {}
     if {"teacher", "student"} <= results.keys():
-        ratios["student_torch_vs_teacher"] = results["student"]["records_per_second"] / results["teacher"][
-            "records_per_second"
-        ]
+        ratios["student_torch_vs_teacher"] = (
+            results["student"]["records_per_second"] / results["teacher"]["records_per_second"]
+        )
     if {"teacher", "student-onnx"} <= results.keys():
-        ratios["student_onnx_vs_teacher"] = results["student-onnx"]["records_per_second"] / results["teacher"][
-            "records_per_second"
-        ]
+        ratios["student_onnx_vs_teacher"] = (
+            results["student-onnx"]["records_per_second"] / results["teacher"]["records_per_second"]
+        )
     if {"student", "student-onnx"} <= results.keys():
-        ratios["onnx_int8_vs_torch_student"] = results["student-onnx"]["records_per_second"] / results["student"][
-            "records_per_second"
-        ]
+        ratios["onnx_int8_vs_torch_student"] = (
+            results["student-onnx"]["records_per_second"] / results["student"]["records_per_second"]
+        )
     save(
         "encode",
         {
