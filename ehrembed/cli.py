@@ -441,6 +441,146 @@ def export_onnx_cmd(
     out_console.print(f"  use it with: ehrembed embed DIR --encoder {folder} --out FILE")
 
 
+@app.command("index")
+def index_cmd(
+    dataset: Annotated[Path, typer.Argument(help="The MEDS folder the embeddings were made from.")],
+    embeddings: Annotated[Path, typer.Option("--embeddings", help="Output of `ehrembed embed` (folder or .parquet).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Index folder (default: <embeddings>.index).")] = None,
+    kind: Annotated[str, typer.Option(help="auto (by size), flat (exact), hnsw or ivfpq.")] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Build a FAISS index over an embedding set for similar-patient search (replaced atomically)."""
+    import numpy as np
+
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.encoders.embeddings import EmbeddingSet
+    from ehrembed.retrieval.index import KINDS, build_index
+
+    if kind not in KINDS:
+        _fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    target = out or Path(f"{embeddings}.index")
+    with _user_errors():
+        ds = MedsDataset.open(dataset)
+        emb = EmbeddingSet.load(embeddings)
+        unknown = int((~np.isin(emb.subject_ids, np.asarray(ds.subject_ids(), dtype=np.int64))).sum())
+        if unknown == len(emb):
+            _fail(f"none of the {len(emb):,} subjects in {embeddings} is in dataset {dataset}; wrong dataset?")
+        with Progress(
+            TextColumn(f"indexing {len(emb):,} vectors"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as progress:
+            task = progress.add_task("vectors", total=len(emb))
+            report = build_index(
+                emb, target, kind=kind, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
+        spec = {"kind": report.kind, "encoder": emb.spec.to_dict(), "embeddings": str(embeddings.resolve())}
+        _record("index", target.name, target, {**spec, "params": report.params, "rows": report.rows}, ds.name)
+    data = {**report.as_dict(), "subjects_not_in_dataset": unknown}
+    if as_json:
+        _print_json(data)
+        return
+    out_console.print(
+        f"[green]wrote[/] {target}: {report.kind} index of {report.rows:,} vectors (dim {report.dim}, "
+        f"{report.index_bytes / 1e6:.1f} MB) in {report.seconds:.1f}s"
+    )
+    if unknown:
+        out_console.print(f"  [yellow]note:[/] {unknown:,} rows belong to subjects not in {dataset}")
+
+
+def _recorded_index(dataset_name: str) -> Path:
+    """The newest index recorded in the store for a dataset (whose folder still exists)."""
+    from ehrembed.store.db import create_all, make_engine, session_scope
+    from ehrembed.store.errors import NotFoundError
+    from ehrembed.store.repository import list_artifacts
+
+    engine = make_engine()
+    create_all(engine)
+    try:
+        with session_scope(engine) as session:
+            try:
+                artifacts = list_artifacts(session, "index", dataset=dataset_name)
+            except NotFoundError:
+                artifacts = []
+            paths = [Path(a.path) for a in sorted(artifacts, key=lambda a: a.created_at, reverse=True)]
+    finally:
+        engine.dispose()
+    for path in paths:
+        if path.is_dir():
+            return path
+    _fail(
+        f"no index is recorded for dataset {dataset_name!r}; build one with "
+        "`ehrembed index DIR --embeddings FILE` or pass --index PATH"
+    )
+
+
+@app.command("similar")
+def similar_cmd(
+    dataset: Annotated[Path, typer.Argument(help="The MEDS folder the index was built from.")],
+    subject: Annotated[int, typer.Option("--subject", help="subject_id whose similar patients to find.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of similar patients.")] = 10,
+    index: Annotated[
+        Path | None, typer.Option("--index", help="Index folder (default: the newest recorded for the dataset).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO time of the subject's index row (default: its latest).")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="Only neighbours in this split (repeatable).")
+    ] = None,
+    sex: Annotated[str | None, typer.Option("--sex", help="Only neighbours of this sex: F or M.")] = None,
+    min_age: Annotated[
+        float | None, typer.Option("--min-age", min=0, help="Minimum age at the neighbour's time.")
+    ] = None,
+    max_age: Annotated[
+        float | None, typer.Option("--max-age", min=0, help="Maximum age at the neighbour's time.")
+    ] = None,
+    has_code: Annotated[
+        list[str] | None, typer.Option("--has-code", help="Only neighbours with this code by their time (repeatable).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The patients most similar to a subject, with what their records share."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.retrieval.index import VectorIndex
+    from ehrembed.retrieval.similar import SimilarFilters, SimilarPatients
+
+    when = _parse_time(as_of, "--as-of")
+    with _user_errors():
+        ds = MedsDataset.open(dataset)
+        filters = SimilarFilters(
+            splits=tuple(split or ()), sex=sex, min_age=min_age, max_age=max_age, has_codes=tuple(has_code or ())
+        )
+        with _steps_progress() as spinner:
+            spinner.add_task("loading the index")
+            vector_index = VectorIndex.load(index or _recorded_index(ds.name))
+            spinner.add_task("searching")
+            result = SimilarPatients(vector_index, ds).by_subject(subject, as_of=when, k=k, filters=filters)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    query_time = f" as of {result.query.as_of:%Y-%m-%d %H:%M}" if result.query.as_of else ""
+    table = Table(title=f"patients similar to subject {subject}{query_time}")
+    for column in ("#", "subject", "as of", "score", "split", "sex", "age", "shared"):
+        table.add_column(column, overflow="fold")
+    for n in result.neighbors:
+        table.add_row(
+            str(n.rank),
+            str(n.subject_id),
+            f"{n.prediction_time:%Y-%m-%d}" if n.prediction_time else "-",
+            f"{n.score:.4f}",
+            n.split or "-",
+            n.sex or "-",
+            f"{n.age:.0f}" if n.age is not None else "-",
+            n.explanation.brief(3),
+        )
+    out_console.print(table)
+    if len(result.neighbors) < k:
+        out_console.print(f"  only {len(result.neighbors)} of {k} patients pass the filters")
+
+
 @app.command("run")
 def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the job's outputs.")] = Path("out"),
