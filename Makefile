@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/serialize.py
 	$(PY) bench/synth.py
+	$(PY) bench/guidelines.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

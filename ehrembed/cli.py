@@ -36,6 +36,11 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(help="Records in: convert OMOP CDM or FHIR R4 into a MEDS folder.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+guidelines_app = typer.Typer(
+    help="Guideline knowledge base: build it from Markdown guidelines, search it (BM25, dense, hybrid).",
+    no_args_is_help=True,
+)
+app.add_typer(guidelines_app, name="guidelines")
 
 out_console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -78,6 +83,11 @@ def _steps_progress() -> Progress:
         console=err_console,
         transient=True,
     )
+
+
+def _bar_progress(label: str) -> Progress:
+    """A progress bar with counts and elapsed time on stderr (stdout stays clean for --json)."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console)
 
 
 def _register(dataset_path: Path, source: str) -> None:
@@ -170,13 +180,7 @@ def synth_cmd(
     from ehrembed.ehr.synth import SynthConfig, generate_cohort
 
     with _user_errors():
-        with Progress(
-            TextColumn("synthesising"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as progress:
+        with _bar_progress("synthesising") as progress:
             task = progress.add_task("patients", total=n)
             report = generate_cohort(
                 SynthConfig(n_subjects=n, seed=seed),
@@ -283,6 +287,15 @@ def _record(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str
     engine.dispose()
 
 
+def _guideline_augmentation(enabled: bool, kb: Path | None) -> Any:
+    """The embed step's guideline augmentation settings, or None when it is off."""
+    if not enabled and kb is None:
+        return None
+    from ehrembed.retrieval.augment import GuidelineAugmentation
+
+    return GuidelineAugmentation(kb=str(kb) if kb is not None else None)
+
+
 @app.command("embed")
 def embed_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
@@ -300,6 +313,17 @@ def embed_cmd(
     fmt: Annotated[str, typer.Option("--format", help="Record layout: markdown or list.")] = "markdown",
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N subjects.")] = None,
+    guidelines: Annotated[
+        bool,
+        typer.Option(
+            "--guidelines",
+            help="Append relevant guideline passages to each record (a quarter of its budget; needs "
+            "`ehrembed guidelines build`).",
+        ),
+    ] = False,
+    guidelines_kb: Annotated[
+        Path | None, typer.Option("--guidelines-kb", help="Knowledge base for --guidelines (default: the built one).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Serialize every patient and embed the records (cached and resumable; re-runs only do new work)."""
@@ -322,15 +346,10 @@ def embed_cmd(
             instruction=instruction or (DEFAULT_INSTRUCTION if model.spec.instruction_template else None),
             serializer=SerializerConfig(format=fmt),  # type: ignore[arg-type]
             batch_size=batch_size,
+            guidelines=_guideline_augmentation(guidelines, guidelines_kb),
         )
         subjects = ds.subject_ids()[:limit] if limit else None
-        with Progress(
-            TextColumn(f"embedding with {model.spec.name}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as progress:
+        with _bar_progress(f"embedding with {model.spec.name}") as progress:
             task = progress.add_task("records", total=len(subjects) if subjects else len(ds.subject_ids()))
             report = embed_dataset(
                 ds,
@@ -465,13 +484,7 @@ def index_cmd(
         unknown = int((~np.isin(emb.subject_ids, np.asarray(ds.subject_ids(), dtype=np.int64))).sum())
         if unknown == len(emb):
             _fail(f"none of the {len(emb):,} subjects in {embeddings} is in dataset {dataset}; wrong dataset?")
-        with Progress(
-            TextColumn(f"indexing {len(emb):,} vectors"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        ) as progress:
+        with _bar_progress(f"indexing {len(emb):,} vectors") as progress:
             task = progress.add_task("vectors", total=len(emb))
             report = build_index(
                 emb, target, kind=kind, progress=lambda done, total: progress.update(task, completed=done, total=total)
@@ -598,6 +611,113 @@ def run_cmd(
     for stage, seconds in result.timings.items():
         out_console.print(f"{stage:<12} {seconds:7.2f}s")
     out_console.print(f"outputs in {out.resolve()}")
+
+
+@guidelines_app.command("build")
+def guidelines_build_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Option(help="Folder of Markdown guidelines (default: the 43 of the open-medicine package)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Local retrieval model folder, e.g. a BGE (default: the packaged all-MiniLM-L6-v2)."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="bge (CLS pooling, query instruction) or minilm (the folder's pooling, no instruction); "
+            "default: bge with --model, minilm without."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Knowledge base folder (default: $EHREMBED_HOME/guidelines/default).")
+    ] = None,
+    chunk_tokens: Annotated[
+        int, typer.Option(min=32, help="Passage budget in the model's tokens (at most its window).")
+    ] = 256,
+    as_json: JsonFlag = False,
+) -> None:
+    """Chunk, embed and index guidelines into a knowledge base folder (replaced atomically)."""
+    import time
+
+    from ehrembed.retrieval.chunking import ChunkingConfig
+    from ehrembed.retrieval.guidelines import (
+        RetrievalModelConfig,
+        build_knowledge_base,
+        default_kb_dir,
+        discover_guidelines,
+    )
+
+    chosen = preset or ("bge" if model is not None else "minilm")
+    if chosen not in ("bge", "minilm"):
+        _fail(f"--preset must be bge or minilm, not {chosen!r}")
+    if chosen == "bge" and model is None:
+        _fail("--preset bge needs --model PATH to a local BGE folder")
+    config = RetrievalModelConfig.bge(model) if chosen == "bge" and model else RetrievalModelConfig.minilm(model)
+    target = out or default_kb_dir()
+    started = time.perf_counter()
+    with _user_errors():
+        discover_guidelines(source)  # a bad source fails before the model loads
+        with _steps_progress() as spinner:
+            spinner.add_task(f"loading retrieval model {config.folder()}")
+            encoder = config.load_encoder()
+        with _bar_progress("embedding passages") as progress:
+            task = progress.add_task("passages", total=None)
+            kb = build_knowledge_base(
+                source,
+                config,
+                chunking=ChunkingConfig(max_tokens=chunk_tokens),
+                encoder=encoder,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        kb.save(target)
+    data = {
+        "out": str(target),
+        "guidelines": len(kb.guideline_ids),
+        "passages": len(kb),
+        "model": kb.meta["encoder"]["name"],
+        "fingerprint": kb.fingerprint,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if as_json:
+        _print_json(data)
+        return
+    out_console.print(
+        f"[green]wrote[/] {target}: {data['passages']:,} passages from {data['guidelines']} guidelines "
+        f"embedded with {data['model']} in {data['seconds']:.1f}s"
+    )
+
+
+@guidelines_app.command("search")
+def guidelines_search_cmd(
+    query: Annotated[str, typer.Argument(help="A clinical question, e.g. 'eGFR 40 with albuminuria'.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Passages to return.")] = 5,
+    mode: Annotated[str, typer.Option(help="hybrid (BM25 + dense, rank fusion), bm25 or dense.")] = "hybrid",
+    kb_dir: Annotated[
+        Path | None, typer.Option("--kb", help="Knowledge base folder (default: $EHREMBED_HOME/guidelines/default).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search the guideline knowledge base; prints guideline, section, score and passage."""
+    from ehrembed.retrieval.guidelines import MODES, GuidelineKB
+
+    if mode not in MODES:
+        _fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    with _user_errors():
+        kb = GuidelineKB.load(kb_dir)
+        hits = kb.search(query, k=k, mode=mode)
+    if as_json:
+        _print_json({"query": query, "mode": mode, "results": [h.as_dict() for h in hits]})
+        return
+    if not hits:
+        out_console.print("no matching passages")
+    for rank, hit in enumerate(hits, start=1):
+        out_console.rule(f"{rank}. {hit.guideline_id}  score {hit.score:.4f}", align="left")
+        out_console.print(f"[bold]{hit.title}[/]")
+        if hit.section:
+            out_console.print(f"[dim]{hit.section}[/]")
+        print(hit.passage)
 
 
 @app.callback(invoke_without_command=True)

@@ -12,6 +12,11 @@ Only events at or before ``as_of`` are read: the cut happens before anything els
 later can leak into the text. Over budget, the oldest content goes first, whole lines at a time.
 The output is a pure function of (patient, as_of, config, vocabulary): ``version`` names it for
 cache keys.
+
+An optional :class:`Appendix` (e.g. guideline passages, :mod:`ehrembed.retrieval.augment`) adds a
+closing section computed from the same cut events; with a budget it gets ``share`` of the tokens
+(plus whatever the record leaves unused), the record is fitted into the rest, and its lines are
+kept whole, best first. It enters ``version``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from ehrembed import schema as s
 from ehrembed.ehr.tokens import TokenCounter
@@ -45,6 +50,18 @@ class SerializerConfig:
     recent_values: int = 3
     max_labs: int = 24
     unknown_codes: Literal["raw", "drop"] = "raw"
+
+
+class Appendix(Protocol):
+    """Lines appended to a record under ``## {heading}``, computed only from the events the record may show."""
+
+    heading: str
+    share: float
+    """Fraction of the token budget reserved for these lines (the record is fitted into the rest)."""
+    version: str
+    """Names everything that changes the lines; enters ``Serializer.version``."""
+
+    def lines(self, events: Sequence[s.Event], as_of: dt.datetime, vocabulary: Vocabulary) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -172,8 +189,12 @@ class Serializer:
         vocabulary: Vocabulary,
         config: SerializerConfig | None = None,
         token_counter: TokenCounter | None = None,
+        appendix: Appendix | None = None,
     ) -> None:
         self.vocabulary = vocabulary
+        self.appendix = appendix
+        if appendix is not None and not 0.0 <= appendix.share < 1.0:
+            raise SerializeError(f"an appendix share must be in [0, 1), got {appendix.share}")
         self.config = config or SerializerConfig()
         if self.config.max_tokens is not None:
             if self.config.max_tokens <= 0:
@@ -192,6 +213,7 @@ class Serializer:
                 "format_version": FORMAT_VERSION,
                 **asdict(self.config),
                 "tokenizer": self.token_counter.name if self.token_counter and self.config.max_tokens else None,
+                **({"appendix": self.appendix.version} if self.appendix is not None else {}),
             },
             sort_keys=True,
         )
@@ -220,6 +242,8 @@ class Serializer:
             self._visit_list(doc, visits, as_of)
             self._general_events(doc, general, as_of)
             self._visit_details(doc, visits, as_of)
+        if self.appendix is not None:
+            return self._fit_with_appendix(doc, self.appendix.lines(events, as_of, self.vocabulary))
         return self._fit(doc)
 
     # --- sections ---------------------------------------------------------------------------
@@ -384,7 +408,35 @@ class Serializer:
     def _keep(self, code: str) -> bool:
         return self.config.unknown_codes == "raw" or self.vocabulary.describe(code) is not None
 
-    def _fit(self, doc: _Doc) -> Serialized:
+    def _fit_with_appendix(self, doc: _Doc, extra: list[str]) -> Serialized:
+        """The record within ``1 - share`` of the budget, then the appendix lines that fit, whole, best first."""
+        assert self.appendix is not None
+        if not extra:
+            return self._fit(doc)
+        budget, counter = self.config.max_tokens, self.token_counter
+        heading = f"\n## {self.appendix.heading}"
+        if budget is None or counter is None:
+            record = self._fit(doc)
+            return Serialized(record.text + "\n".join([heading, *extra]) + "\n", None, record.dropped_lines)
+        record = self._fit(doc, budget - int(budget * self.appendix.share))
+        used = record.n_tokens if record.n_tokens is not None else counter.count([record.text])[0]
+        heading_cost, *costs = counter.count([heading, *extra])
+        room = budget - used - heading_cost
+        kept: list[str] = []
+        for line, cost in zip(extra, costs, strict=True):
+            if cost > room:
+                break
+            kept.append(line)
+            room -= cost
+        while kept:
+            text = record.text + "\n".join([heading, *kept]) + "\n"
+            exact = counter.count([text])[0]
+            if exact <= budget:
+                return Serialized(text, exact, record.dropped_lines)
+            kept.pop()  # per-line sums can undercount the joined text
+        return record
+
+    def _fit(self, doc: _Doc, budget: int | None = None) -> Serialized:
         """Keep the newest lines that fit the budget: the oldest dated lines go first, whole.
 
         Lines are costed newest first, in small batches, and costing stops at the first line
@@ -394,7 +446,7 @@ class Serializer:
         lines are dropped until it fits too.
         """
         lines = doc.lines
-        budget = self.config.max_tokens
+        budget = self.config.max_tokens if budget is None else budget
         if budget is None or self.token_counter is None:
             return Serialized(_join(lines, None), None, 0)
         counter = self.token_counter

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,19 +27,27 @@ from ehrembed.encoders.cache import EmbeddingCache, cache_key
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.settings import get_settings
 
+if TYPE_CHECKING:
+    from ehrembed.retrieval.augment import GuidelineAugmentation
+
 _BUDGET_MARGIN = 4  # tokens kept free for the model's own special tokens
 MIN_RECORD_TOKENS = 32
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """How records become vectors. ``serializer.max_tokens`` None means the encoder's budget."""
+    """How records become vectors. ``serializer.max_tokens`` None means the encoder's budget.
+
+    ``guidelines`` appends relevant guideline passages to each record (a share of its budget;
+    :mod:`ehrembed.retrieval.augment`); it changes the serializer version, hence the cache keys.
+    """
 
     instruction: str | None = DEFAULT_INSTRUCTION
     serializer: SerializerConfig = field(default_factory=SerializerConfig)
     batch_size: int = 8
     chunk_size: int = 256
     cache_dir: Path | None = None
+    guidelines: GuidelineAugmentation | None = None
 
 
 @dataclass
@@ -86,7 +94,12 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
                 f"the record (at least {MIN_RECORD_TOKENS} needed); shorten it or raise the encoder's max_tokens"
             )
     serializer_config = dataclasses.replace(config.serializer, max_tokens=budget)
-    return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder))
+    appendix = None
+    if config.guidelines is not None:
+        from ehrembed.retrieval.augment import GuidelineAugmenter
+
+        appendix = GuidelineAugmenter(config.guidelines)
+    return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder), appendix=appendix)
 
 
 def default_cache_dir(encoder: Encoder) -> Path:
@@ -179,6 +192,7 @@ def embed_dataset(
         extra={
             "dataset": dataset.name,
             "serializer": dataclasses.asdict(serializer.config),
+            **({"guidelines": serializer.appendix.version} if serializer.appendix is not None else {}),
             "truncated_records": report.truncated_records,
         },
     )
