@@ -1,7 +1,18 @@
-"""The main job (``ehrembed run`` / ``make run``): each stage reuses its finished output.
+"""The main job (``ehrembed run`` / ``make run``): records in → vectors → few-shot benchmark → report.
 
-Today: ingest Eunomia → register it in the store → summarise → serialize one held-out patient.
-Later stages (embed, distill, index, benchmark) join here as they land.
+Stages, each timed and each reusing its finished output on a re-run (``fresh`` redoes them):
+
+1. **ingest** Eunomia (or use ``dataset``) as MEDS, register it, describe it, serialize one record;
+2. **label** the tasks, then keep a case-cohort sample of prediction times the CPU can embed
+   (:func:`ehrembed.predict.job.case_cohort_keys`);
+3. **teacher**: embed those records with the LLM teacher (content-addressed cache: a killed run
+   resumes where it stopped), and again with guideline passages appended (``guidelines``; the
+   knowledge base is built once under the data home);
+4. **distill** the teacher into the BERT student on the train-split rows (early-stopped on tuning);
+5. **student**: embed with the undistilled and the distilled student;
+6. **index** the distilled student's vectors for similar-patient search;
+7. **benchmark** count baseline, undistilled student, teacher, teacher + guidelines and distilled
+   student with LightGBM, logistic and kNN heads over the few-shot ks, and write the report.
 """
 
 from __future__ import annotations
@@ -23,15 +34,45 @@ from ehrembed.ehr.serialize import Serializer, SerializerConfig
 from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.fsutil import atomic_write_text
-from ehrembed.store.catalog import register_meds
+from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import create_all, make_engine, session_scope
+
+Say = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+MAIN_JOB_TASKS: tuple[str, ...] = ("operational", "new_diagnosis", "abnormal_lab")
+MAIN_JOB_KS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 32, 64, "all")
 
 
 @dataclass(frozen=True)
 class MainJobConfig:
+    """The main job's settings; the defaults fit about 15 minutes on a 2-core CPU with the packaged models.
+
+    ``dataset`` None ingests the packaged Eunomia demo. ``sample_positives`` / ``sample_background``
+    size the case-cohort sample that the LLM teacher embeds (None: every labelled time). ``teacher``,
+    ``student`` and ``retrieval_model`` accept local folders (a GTE-Qwen2 on a GPU host, a BGE).
+    """
+
     out: Path = Path("out")
     fresh: bool = False
+    dataset: Path | None = None
     serializer: SerializerConfig = field(default_factory=SerializerConfig)
+    tasks: tuple[str, ...] = MAIN_JOB_TASKS
+    teacher: str = "teacher"
+    student: str | None = None
+    max_tokens: int = 192
+    batch_size: int = 8
+    sample_positives: int | None = 60
+    sample_background: int | None = 160
+    guidelines: bool = True
+    guidelines_kb: Path | None = None
+    retrieval_model: Path | None = None
+    distill_epochs: int = 3
+    ks: tuple[int | str, ...] = MAIN_JOB_KS
+    replicates: int = 3
+    heads: tuple[str, ...] = ("lightgbm", "logistic", "knn")
+    n_bootstrap: int = 100
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +82,9 @@ class MainJobResult:
     as_of: dt.datetime
     record: str
     timings: dict[str, float]
+    report: Path | None = None
+    summary: str = ""
+    encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _typical_held_out_subject(dataset: MedsDataset) -> int:
@@ -56,40 +100,209 @@ def _typical_held_out_subject(dataset: MedsDataset) -> int:
     )
 
 
-def run_main_job(config: MainJobConfig, say: Callable[[str], None] = lambda _m: None) -> MainJobResult:
-    """Run every stage into ``config.out`` and return what to show the user."""
-    timings: dict[str, float] = {}
-    out = Path(config.out)
-    data_dir = out / "eunomia"
+class _Clock:
+    """Times named stages and tells the user as each one starts and ends."""
 
-    started = time.perf_counter()
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = fn()
+        self.timings[name] = time.perf_counter() - started
+        self.say(f"{name}: done in {self.timings[name]:.1f}s")
+        return value
+
+
+def _ingest(config: MainJobConfig, say: Say) -> MedsDataset:
+    if config.dataset is not None:
+        say(f"ingest: using {config.dataset}")
+        return MedsDataset.open(config.dataset)
+    data_dir = Path(config.out) / "eunomia"
     if config.fresh or not (data_dir / s.DATASET_FILE).exists():
         say("ingest: Eunomia OMOP CDM → MEDS")
         ingest_omop(out=data_dir, overwrite=True)
     else:
         say(f"ingest: reusing {data_dir}")
-    dataset = MedsDataset.open(data_dir)
-    timings["ingest"] = time.perf_counter() - started
+    return MedsDataset.open(data_dir)
 
-    started = time.perf_counter()
+
+def _record(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str) -> None:
     engine = make_engine()
     create_all(engine)
     with session_scope(engine) as session:
-        register_meds(session, dataset, "omop")
+        record_artifact(session, kind, name, path, spec, dataset)
     engine.dispose()
-    timings["register"] = time.perf_counter() - started
 
-    started = time.perf_counter()
+
+def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) -> Path:
+    """The knowledge base folder, built once (under the data home unless ``guidelines_kb`` names one)."""
+    from ehrembed.retrieval.guidelines import RetrievalModelConfig, build_knowledge_base, default_kb_dir
+
+    target = config.guidelines_kb or default_kb_dir()
+    if (target / "kb.json").exists() and not config.fresh:
+        say(f"guidelines: reusing the knowledge base in {target}")
+        return target
+    model = RetrievalModelConfig.minilm(config.retrieval_model)
+    say(f"guidelines: building the knowledge base in {target} (once)")
+    kb = build_knowledge_base(
+        None,
+        model,
+        progress=None if progress is None else (lambda d, t: progress("embedding guideline passages", d, t)),
+    )
+    kb.save(target)
+    return target
+
+
+def _distill(
+    config: MainJobConfig, dataset: MedsDataset, teacher: Any, out: Path, say: Say, progress: Progress | None
+) -> Path:
+    from ehrembed.distill.job import RETENTION_FILE, DistillJobConfig, distill_dataset
+    from ehrembed.distill.train import DistillConfig
+
+    if (out / "modules.json").exists() and (out / RETENTION_FILE).exists() and not config.fresh:
+        say(f"distill: reusing {out}")
+        return out
+    job = DistillJobConfig(
+        base=Path(config.student) if config.student else None,
+        train=DistillConfig(epochs=config.distill_epochs, batch_size=16, patience=2),
+        seed=config.seed,
+    )
+    result = distill_dataset(dataset, teacher, out, job, overwrite=True, resume=False)
+    say(
+        f"distill: best epoch {result.distill.best_epoch}, tuning cosine to teacher "
+        f"{result.distill.initial.cosine:.3f} → {result.distill.final.cosine:.3f}"
+    )
+    return out
+
+
+def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Progress | None = None) -> MainJobResult:
+    """Run every stage into ``config.out`` and return what to show the user."""
+    from ehrembed.predict.benchmark import BenchmarkConfig
+    from ehrembed.predict.job import (
+        BenchmarkJobConfig,
+        case_cohort_keys,
+        embed_keys,
+        label_keys,
+        label_tasks,
+        parse_encoder,
+        restrict,
+    )
+    from ehrembed.predict.ontology import Ontology
+    from ehrembed.predict.tasks import TaskError, resolve_tasks
+    from ehrembed.retrieval.index import build_index
+
+    out = Path(config.out)
+    clock = _Clock(say)
+    dataset = clock.run("ingest", lambda: _ingest(config, say))
+
+    def register() -> None:
+        engine = make_engine()
+        create_all(engine)
+        with session_scope(engine) as session:
+            register_meds(session, dataset, "omop" if config.dataset is None else "meds")
+        engine.dispose()
+
+    clock.run("register", register)
     vocabulary = Vocabulary.from_dataset(dataset)
-    stats = dataset_stats(dataset, vocabulary)
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, default=str) + "\n")
-    timings["describe"] = time.perf_counter() - started
 
-    started = time.perf_counter()
+    def describe() -> dict[str, Any]:
+        stats = dataset_stats(dataset, vocabulary)
+        atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, default=str) + "\n")
+        return stats
+
+    stats = clock.run("describe", describe)
     subject_id = _typical_held_out_subject(dataset)
     patient = dataset.patient(subject_id)
     as_of = max(e.time for e in patient.events if e.time is not None)
     record = Serializer(vocabulary, config.serializer).serialize(patient, as_of=as_of)
     atomic_write_text(out / f"record_{subject_id}.md", record)
-    timings["serialize"] = time.perf_counter() - started
-    return MainJobResult(stats, subject_id, as_of, record, timings)
+
+    # --- labels and the case-cohort sample -----------------------------------------------------
+    tasks = resolve_tasks(list(config.tasks))
+    ontology = Ontology.from_dataset(dataset)
+    labelsets, skipped = clock.run("label", lambda: label_tasks(dataset, tasks, ontology=ontology, progress=progress))
+    for reason in skipped.values():
+        say(f"  not run: {reason}")
+    if not labelsets:
+        raise TaskError("no task has labels in this dataset: " + "; ".join(skipped.values()))
+    keys = case_cohort_keys(
+        labelsets, positives=config.sample_positives, background=config.sample_background, seed=config.seed
+    )
+    labelsets = [restrict(ls, keys) for ls in labelsets]
+    keys = label_keys(labelsets)
+    say(
+        f"label: {len(labelsets)} tasks, {keys.height:,} prediction times to embed "
+        f"({', '.join(f'{ls.task.name} {len(ls)}/{ls.n_positive}+' for ls in labelsets)})"
+    )
+
+    # --- embeddings ----------------------------------------------------------------------------
+    emb_dir = out / "embeddings"
+    embeddings: dict[str, Any] = {}
+    encoding: dict[str, dict[str, Any]] = {}
+
+    def embed(name: str, spec: str, kb: Path | None = None) -> None:
+        choice = parse_encoder(f"{name}={spec}")
+        emb, info = embed_keys(
+            dataset,
+            choice,
+            keys,
+            emb_dir / name,
+            max_tokens=config.max_tokens,
+            batch_size=config.batch_size,
+            guidelines_kb=str(kb) if kb is not None else None,
+            progress=None if progress is None else (lambda d, t: progress(f"embedding ({name})", d, t)),
+        )
+        embeddings[name], encoding[name] = emb, info
+        _record("embeddings", f"{dataset.name}-{name}", emb_dir / name, emb.spec.to_dict(), dataset.name)
+
+    clock.run("teacher", lambda: embed("teacher", config.teacher))
+    if config.guidelines:
+        kb = clock.run("guidelines", lambda: _guideline_kb(config, say, progress))
+        clock.run("teacher+guidelines", lambda: embed("teacher+guidelines", f"{config.teacher}+guidelines", kb))
+    models = out / "models" / "student"
+    clock.run("distill", lambda: _distill(config, dataset, embeddings["teacher"], models, say, progress))
+    clock.run("student", lambda: embed("student", config.student or "student"))
+    clock.run("distilled", lambda: embed("distilled", str(models)))
+
+    def index() -> None:
+        target = out / "index" / "distilled"
+        report = build_index(embeddings["distilled"], target)
+        _record("index", f"{dataset.name}-distilled", target, {"kind": report.kind, "rows": report.rows}, dataset.name)
+
+    clock.run("index", index)
+
+    # --- benchmark and report ------------------------------------------------------------------
+    from ehrembed.predict.job import benchmark_dataset
+
+    encoders = ("count", "student", "teacher", *(("teacher+guidelines",) if config.guidelines else ()), "distilled")
+    job = BenchmarkJobConfig(
+        encoders=encoders,
+        benchmark=BenchmarkConfig(
+            ks=config.ks,
+            replicates=config.replicates,
+            heads=config.heads,
+            seed=config.seed,
+            n_bootstrap=config.n_bootstrap,
+        ),
+        sample_positives=config.sample_positives,
+        sample_background=config.sample_background,
+        seed=config.seed,
+    )
+    bench = clock.run(
+        "benchmark",
+        lambda: benchmark_dataset(
+            dataset,
+            tasks,
+            out / "report",
+            job,
+            embeddings=embeddings,
+            encoding=encoding,
+            labelled=(labelsets, skipped),
+            progress=progress,
+            title=f"Few-shot benchmark on {dataset.name} (main job)",
+        ),
+    )
+    summary = bench.report.read_text().split("## Macro AUROC by encoder and k", 1)[-1].split("\n## ", 1)[0]
+    return MainJobResult(stats, subject_id, as_of, record, clock.timings, bench.report, summary.strip(), encoding)

@@ -132,3 +132,15 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir:
     Qwen2ForCausalLM(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """The tiny BERT as a sentence-transformers folder (mean pooling, 96-token window): a student base."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    folder = tmp_path_factory.mktemp("tiny_student")
+    transformer = Transformer(str(tiny_bert_dir), max_seq_length=96)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean")]).save(str(folder))
+    return folder

@@ -57,7 +57,7 @@ def test_serialize(ingested: Path) -> None:
         (["--subject", "999999"], "subject 999999 is not in dataset"),
         (["--subject", "1", "--as-of", "yesterday"], "is not an ISO time"),
         (["--subject", "1", "--as-of", "1900-01-01"], "before subject 1's birth"),
-        (["--subject", "1", "--format", "xml"], "--format must be markdown or list"),
+        (["--subject", "1", "--format", "xml"], "'xml' is not one of 'markdown',"),
     ],
 )
 def test_serialize_errors(ingested: Path, args: list[str], message: str) -> None:
@@ -82,11 +82,47 @@ def test_conflicting_sources(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "choose one source" in result.stderr
 
 
-def test_main_job_runs_and_reuses_its_outputs(tmp_path: Path) -> None:
+def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student_dir: Path) -> None:
+    """Every stage of `ehrembed run` on Eunomia: ingest → labels → teacher (± guidelines) → distill → index → report."""
+    from ehrembed.retrieval.guidelines import RetrievalModelConfig, build_knowledge_base
+
+    guidelines = tmp_path / "guidelines"
+    guidelines.mkdir()
+    (guidelines / "gi.md").write_text("# GI bleeding\n\n## Risk\n\nNSAIDs and anticoagulants raise bleeding risk.\n")
+    (guidelines / "stroke.md").write_text("# Stroke\n\n## Prevention\n\nTreat hypertension and atrial fibrillation.\n")
+    build_knowledge_base(guidelines, RetrievalModelConfig.minilm(tiny_student_dir)).save(tmp_path / "kb")
     out = tmp_path / "out"
-    first = runner.invoke(app, ["run", "--out", str(out)])
+    args = [
+        "run", "--out", str(out), "--teacher", str(tiny_qwen2_dir), "--student", str(tiny_student_dir),
+        "--retrieval-model", str(tiny_student_dir), "--guidelines-kb", str(tmp_path / "kb"),
+        "--max-tokens", "200", "--tasks", "new_gi_bleed,new_stroke,long_los",
+        "--sample-positives", "25", "--sample-background", "60", "--k", "1,4,all", "--replicates", "1", "--epochs", "1",
+    ]  # fmt: skip
+    first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "# Electronic Healthcare Record" in first.stdout and "ingest" in first.stdout
+    assert "# Electronic Healthcare Record" in first.stdout
+    for stage in (
+        "ingest",
+        "label",
+        "teacher",
+        "guidelines",
+        "teacher+guidelines",
+        "distill",
+        "student",
+        "index",
+        "benchmark",
+    ):
+        assert f"\n{stage} " in first.stdout, stage
+    report = (out / "report" / "report.md").read_text()
+    for encoder in ("count", "student", "teacher", "teacher+guidelines", "distilled"):
+        assert f"| {encoder} |" in report, encoder
+    assert "long_los: 1037 labels but no positives" in report
     assert (out / "stats.json").exists() and list(out.glob("record_*.md"))
-    second = runner.invoke(app, ["run", "--out", str(out)])
-    assert second.exit_code == 0 and "reusing" in second.stderr
+    assert (out / "models" / "student" / "modules.json").exists() and (
+        out / "index" / "distilled" / "index.faiss"
+    ).exists()
+    assert "guidelines" in (out / "embeddings" / "teacher+guidelines" / "embedding.json").read_text()
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "reusing" in second.stderr and "distill: reusing" in second.stderr
+    assert "from cache" in (out / "report" / "report.md").read_text()

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from typer.testing import CliRunner
 
 from ehrembed.cli import app
@@ -25,15 +23,7 @@ def _ok(args: list[str]) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def tiny_student_base(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_student")
-    transformer = Transformer(str(tiny_bert_dir), max_seq_length=96)
-    SentenceTransformer(modules=[transformer, Pooling(32, "mean")]).save(str(folder))
-    return folder
-
-
-def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student_base: Path) -> None:
+def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student_dir: Path) -> None:
     data = tmp_path / "meds"
     _ok(["synth", "--n", "60", "--seed", "5", "--out", str(data)])
     teacher_out = tmp_path / "teacher"
@@ -83,7 +73,7 @@ def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student
                 "--out",
                 str(model),
                 "--base",
-                str(tiny_student_base),
+                str(tiny_student_dir),
                 "--epochs",
                 "2",
                 "--batch-size",

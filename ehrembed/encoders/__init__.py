@@ -35,6 +35,18 @@ BUILDERS: dict[str, Callable[..., Encoder]] = {
 """Named encoders. Each builder takes the keyword arguments given to :func:`load_encoder` and imports lazily."""
 
 
+def encoder_kind(name_or_path: str) -> str:
+    """``teacher``, ``student`` or ``onnx``: what :func:`load_encoder` would build, without loading it."""
+    if name_or_path in BUILDERS:
+        return {"teacher": "teacher", "student": "student", "student-onnx": "onnx"}[name_or_path]
+    folder = Path(name_or_path).expanduser()
+    from ehrembed.encoders.onnx import is_onnx_folder
+
+    if folder.is_dir() and is_onnx_folder(folder):
+        return "onnx"
+    return "student" if (folder / "modules.json").is_file() else "teacher"
+
+
 def load_encoder(name_or_path: str, **kwargs: Any) -> Encoder:
     """An encoder by name (a key of :data:`BUILDERS`) or from a local model folder.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,9 @@ from ehrembed.settings import get_settings
 
 if TYPE_CHECKING:
     from ehrembed.retrieval.augment import GuidelineAugmentation
+
+AsOf = dt.datetime | Mapping[int, dt.datetime | Sequence[dt.datetime]] | None
+"""When to embed: one time for every subject, a time or times per subject, or None (each one's last event)."""
 
 _BUDGET_MARGIN = 4  # tokens kept free for the model's own special tokens
 MIN_RECORD_TOKENS = 32
@@ -113,15 +116,18 @@ def embed_dataset(
     config: EmbedConfig | None = None,
     *,
     subject_ids: Sequence[int] | None = None,
-    as_of: dt.datetime | dict[int, dt.datetime] | None = None,
+    as_of: AsOf = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EmbedReport:
-    """Embed each subject as of ``as_of`` (one time, a per-subject map, or each one's last event).
+    """Embed each subject as of ``as_of``: one time for all, a map from subject to one time or several
+    (one row per time, e.g. a task's prediction times), or by default each one's last event.
 
     ``progress(done, total)`` is called after every chunk. Subjects whose as-of time falls before
     their birth, or who have no dated events, are skipped and counted in the report.
     """
     config = config or EmbedConfig()
+    if subject_ids is None and isinstance(as_of, Mapping):
+        subject_ids = sorted(as_of)
     started = time.perf_counter()
     report = EmbedReport(out=Path(out))
     vocabulary = Vocabulary.from_dataset(dataset)
@@ -151,25 +157,25 @@ def embed_dataset(
 
     for patient in dataset.iter_patients(wanted if subject_ids is not None else None):
         done += 1
-        when = _as_of_for(patient, as_of)
-        if when is None:
+        times = _as_of_times(patient, as_of)
+        if not times:
             report.skipped["no dated events"] = report.skipped.get("no dated events", 0) + 1
-            continue
         birth = patient.birth_time
-        if birth is not None and when < birth:
-            report.skipped["as-of before birth"] = report.skipped.get("as-of before birth", 0) + 1
-            continue
-        result = serializer.serialize_with_stats(patient, as_of=when)
-        report.truncated_records += result.truncated
-        key = cache_key(fingerprint, serializer.version, config.instruction, result.text)
-        keys.append(key)
-        row_ids.append(patient.subject_id)
-        row_times.append(when)
-        if key in cache:
-            report.cached += 1
-        elif key not in seen_pending:
-            pending.append((key, result.text))
-            seen_pending.add(key)
+        for when in times:
+            if birth is not None and when < birth:
+                report.skipped["as-of before birth"] = report.skipped.get("as-of before birth", 0) + 1
+                continue
+            result = serializer.serialize_with_stats(patient, as_of=when)
+            report.truncated_records += result.truncated
+            key = cache_key(fingerprint, serializer.version, config.instruction, result.text)
+            keys.append(key)
+            row_ids.append(patient.subject_id)
+            row_times.append(when)
+            if key in cache:
+                report.cached += 1
+            elif key not in seen_pending:
+                pending.append((key, result.text))
+                seen_pending.add(key)
         if len(pending) >= config.chunk_size:
             flush()
             if progress is not None:
@@ -202,10 +208,14 @@ def embed_dataset(
     return report
 
 
-def _as_of_for(patient: s.Patient, as_of: dt.datetime | dict[int, dt.datetime] | None) -> dt.datetime | None:
-    if isinstance(as_of, dict):
-        return as_of.get(patient.subject_id)
+def _as_of_times(patient: s.Patient, as_of: AsOf) -> list[dt.datetime]:
+    """The times to embed a patient at: the given one(s), else its last dated event (none if it has none)."""
+    if isinstance(as_of, Mapping):
+        wanted = as_of.get(patient.subject_id)
+        if wanted is None:
+            return []
+        return [wanted] if isinstance(wanted, dt.datetime) else list(wanted)
     if as_of is not None:
-        return as_of
+        return [as_of]
     times = [e.time for e in patient.events if e.time is not None]
-    return max(times) if times else None
+    return [max(times)] if times else []

@@ -1,0 +1,179 @@
+"""Shared pieces of the CLI: the Typer apps, consoles, error handling, progress bars and store helpers.
+
+Errors a user can fix (bad input, missing files) print one line naming the problem and exit
+with status 2; ``--json`` switches data output to JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+app = typer.Typer(
+    name="ehrembed",
+    help="Structured patient records (OMOP CDM, FHIR R4, MEDS) to Markdown and vectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+ingest_app = typer.Typer(help="Records in: convert OMOP CDM or FHIR R4 into a MEDS folder.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+guidelines_app = typer.Typer(
+    help="Guideline knowledge base: build it from Markdown guidelines, search it (BM25, dense, hybrid).",
+    no_args_is_help=True,
+)
+app.add_typer(guidelines_app, name="guidelines")
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+
+
+class RecordFormat(StrEnum):
+    """The serializer's record layouts (``SerializerConfig.format``)."""
+
+    markdown = "markdown"
+    list = "list"
+
+
+FormatOption = Annotated[
+    RecordFormat,
+    typer.Option("--format", help="Record layout: markdown (visits, newest first) or list (unique codes)."),
+]
+
+
+def fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one-line messages and exit status 2."""
+    from ehrembed.ehr.meds import MedsError
+    from ehrembed.ehr.serialize import SerializeError
+    from ehrembed.store.errors import StoreError
+
+    try:
+        yield
+    except (MedsError, SerializeError, StoreError, FileExistsError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except KeyError as exc:
+        fail(str(exc.args[0]) if exc.args else "not found")
+    except ValueError as exc:  # OmopError, FhirError and other input errors derive from ValueError
+        fail(str(exc))
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def steps_progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def bar_progress(label: str) -> Progress:
+    """A progress bar with counts and elapsed time on stderr (stdout stays clean for --json)."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console)
+
+
+def register_dataset(dataset_path: Path, source: str) -> None:
+    """Record the dataset in the store (SQLite under EHREMBED_HOME or EHREMBED_DATABASE_URL)."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.store.catalog import register_meds
+    from ehrembed.store.db import create_all, make_engine, session_scope
+
+    engine = make_engine()
+    create_all(engine)
+    with session_scope(engine) as session:
+        register_meds(session, MedsDataset.open(dataset_path), source)
+    engine.dispose()
+
+
+def record_artifact(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str | None) -> None:
+    from ehrembed.store.catalog import record_artifact
+    from ehrembed.store.db import create_all, make_engine, session_scope
+
+    engine = make_engine()
+    create_all(engine)
+    with session_scope(engine) as session:
+        record_artifact(session, kind, name, path, spec, dataset)
+    engine.dispose()
+
+
+def parse_time(value: str | None, what: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{what} {value!r} is not an ISO time such as 2019-06-01 or 2019-06-01T23:59")
+    from ehrembed.schema import normalize_time
+
+    return normalize_time(parsed)
+
+
+def print_stats(stats: dict[str, Any]) -> None:
+    cov = stats["description_coverage"]
+    table = Table(title=f"{stats['dataset']} ({stats['path']})", show_header=False)
+    table.add_row("subjects", f"{stats['subjects']:,}")
+    table.add_row("events", f"{stats['events']:,}")
+    table.add_row("codes", f"{stats['codes']:,}")
+    table.add_row(
+        "events per subject",
+        f"median {stats['events_per_subject']['median']:.0f}, max {stats['events_per_subject']['max']:,}",
+    )
+    table.add_row("time range", " to ".join(str(t)[:10] for t in stats["time_range"]))
+    table.add_row("splits", ", ".join(f"{k} {v:,}" for k, v in stats["splits"].items()))
+    table.add_row("described events", f"{cov['event_coverage']:.1%} ({cov['events_by_source']})")
+    table.add_row("described codes", f"{cov['code_coverage']:.1%}")
+    table.add_row("events by domain", ", ".join(f"{k} {v:,}" for k, v in stats["events_by_domain"].items()))
+    out_console.print(table)
+
+
+@contextlib.contextmanager
+def stage_progress() -> Iterator[Any]:
+    """One progress bar whose description follows the stage: yields ``update(description, done, total)``."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("starting", total=None)
+
+        def update(description: str, done: int, total: int) -> None:
+            progress.update(bar, description=description, completed=done, total=total)
+
+        yield update
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeatable options that also accept comma-separated lists: ``--k 1,4 --k all`` → ``["1", "4", "all"]``."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]

@@ -1,0 +1,196 @@
+"""CLI for models: embed records, distil the teacher into the student, export the student to ONNX."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ehrembed.cli.common import (
+    FormatOption,
+    JsonFlag,
+    OverwriteFlag,
+    RecordFormat,
+    app,
+    bar_progress,
+    out_console,
+    parse_time,
+    print_json,
+    record_artifact,
+    steps_progress,
+    user_errors,
+)
+
+
+def _guideline_augmentation(enabled: bool, kb: Path | None) -> Any:
+    """The embed step's guideline augmentation settings, or None when it is off."""
+    if not enabled and kb is None:
+        return None
+    from ehrembed.retrieval.augment import GuidelineAugmentation
+
+    return GuidelineAugmentation(kb=str(kb) if kb is not None else None)
+
+
+@app.command("embed")
+def embed_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Embedding set: a folder, or a .parquet file for analysts.")],
+    encoder: Annotated[
+        str, typer.Option(help="teacher, student, student-onnx, or a model folder (HF, sentence-transformers, ONNX).")
+    ] = "teacher",
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO time for every patient (default: each one's last event).")
+    ] = None,
+    instruction: Annotated[
+        str | None, typer.Option(help="Task instruction for instruction-tuned teachers (default: a general one).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=8, help="Encoder token window (default: the model's).")] = None,
+    fmt: FormatOption = RecordFormat.markdown,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N subjects.")] = None,
+    guidelines: Annotated[
+        bool,
+        typer.Option(
+            "--guidelines",
+            help="Append relevant guideline passages to each record (a quarter of its budget; needs "
+            "`ehrembed guidelines build`).",
+        ),
+    ] = False,
+    guidelines_kb: Annotated[
+        Path | None, typer.Option("--guidelines-kb", help="Knowledge base for --guidelines (default: the built one).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Serialize every patient and embed the records (cached and resumable; re-runs only do new work)."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.serialize import SerializerConfig
+    from ehrembed.encoders import load_encoder
+    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+    from ehrembed.encoders.job import EmbedConfig, embed_dataset
+
+    when = parse_time(as_of, "--as-of")
+    with user_errors():
+        ds = MedsDataset.open(dataset)
+        kwargs: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+        with steps_progress() as spinner:
+            spinner.add_task(f"loading encoder {encoder}")
+            model = load_encoder(encoder, **kwargs)
+        config = EmbedConfig(
+            instruction=instruction or (DEFAULT_INSTRUCTION if model.spec.instruction_template else None),
+            serializer=SerializerConfig(format=fmt.value),
+            batch_size=batch_size,
+            guidelines=_guideline_augmentation(guidelines, guidelines_kb),
+        )
+        subjects = ds.subject_ids()[:limit] if limit else None
+        with bar_progress(f"embedding with {model.spec.name}") as progress:
+            task = progress.add_task("records", total=len(subjects) if subjects else len(ds.subject_ids()))
+            report = embed_dataset(
+                ds,
+                model,
+                out,
+                config,
+                subject_ids=subjects,
+                as_of=when,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        record_artifact("embeddings", out.name, out, model.spec.to_dict(), ds.name)
+    data = report.as_dict()
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(
+        f"[green]wrote[/] {out}: {data['rows']:,} vectors of dim {model.spec.dim} "
+        f"({data['encoded']:,} encoded, {data['cached']:,} from cache) in {data['seconds']:.1f}s"
+    )
+    if data["truncated_records"]:
+        out_console.print(f"  {data['truncated_records']:,} records were cut to fit the token window (oldest first)")
+    for reason, n in data["skipped"].items():
+        out_console.print(f"  skipped {n:,}: {reason}")
+
+
+@app.command("distill")
+def distill_cmd(
+    dataset: Annotated[Path, typer.Argument(help="The MEDS folder the teacher embeddings were made from.")],
+    teacher_embeddings: Annotated[Path, typer.Option("--teacher-embeddings", help="Output of `ehrembed embed`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the distilled sentence-transformers model.")],
+    base: Annotated[
+        Path | None, typer.Option(help="Student base model folder (default: packaged all-MiniLM-L6-v2).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=2)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 5e-5,
+    contrastive: Annotated[float, typer.Option(min=0.0, help="Weight of the in-batch contrastive term.")] = 0.0,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without held-out improvement before stopping.")] = 2,
+    max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training records.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
+    overwrite: OverwriteFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Distil teacher embeddings into a small BERT student; report what it retains on held-out patients."""
+    from ehrembed.distill.job import DistillJobConfig, distill_dataset, retention_table
+    from ehrembed.distill.train import DistillConfig, rich_progress
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.encoders.embeddings import EmbeddingSet
+
+    with user_errors():
+        ds = MedsDataset.open(dataset)
+        teacher = EmbeddingSet.load(teacher_embeddings)
+        config = DistillJobConfig(
+            base=base,
+            max_train=max_train,
+            train=DistillConfig(
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_contrastive=contrastive, patience=patience
+            ),
+        )
+        with rich_progress() as progress:
+            result = distill_dataset(ds, teacher, out, config, progress=progress, resume=resume, overwrite=overwrite)
+        record_artifact("model", out.name, out, {"teacher": teacher.spec.to_dict(), "rows": result.rows}, ds.name)
+    summary = {
+        "model": str(out),
+        "rows": result.rows,
+        "held_out_before": dataclasses.asdict(result.distill.initial),
+        "held_out_after": dataclasses.asdict(result.distill.final),
+        "best_epoch": result.distill.best_epoch,
+        "retention": result.retention,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    before, after = result.distill.initial, result.distill.final
+    out_console.print(f"[green]wrote[/] {out} (best epoch {result.distill.best_epoch}, rows {result.rows})")
+    out_console.print(
+        f"  tuning-split MSE {before.mse:.5f} → {after.mse:.5f}, cosine {before.cosine:.4f} → {after.cosine:.4f}"
+    )
+    if "student" in result.retention:
+        table = Table(title=f"retention on {result.rows['held_out']} held-out patients")
+        frame = retention_table(result.retention)
+        for column in frame.columns:
+            table.add_column(column)
+        for row in frame.iter_rows():
+            table.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        out_console.print(table)
+
+
+@app.command("export-onnx")
+def export_onnx_cmd(
+    model_dir: Annotated[
+        Path | None, typer.Argument(help="A sentence-transformers folder (default: the packaged MiniLM).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: MODEL_DIR/onnx).")] = None,
+    no_quantize: Annotated[bool, typer.Option("--no-quantize", help="Keep fp32 weights.")] = False,
+    overwrite: OverwriteFlag = False,
+) -> None:
+    """Export a student to ONNX with int8 dynamic quantization, selectable as an encoder folder."""
+    from ehrembed.encoders.onnx import export_onnx, read_sidecar
+
+    with user_errors(), steps_progress() as spinner:
+        spinner.add_task("exporting to ONNX")
+        folder = export_onnx(model_dir, out, quantize=not no_quantize, overwrite=overwrite)
+    check = read_sidecar(folder).get("check") or {}
+    out_console.print(f"[green]wrote[/] {folder}")
+    if check:
+        out_console.print(f"  cosine to the fp32 student on built-in samples: {check}")
+    out_console.print(f"  use it with: ehrembed embed DIR --encoder {folder} --out FILE")

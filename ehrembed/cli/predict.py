@@ -1,0 +1,232 @@
+"""CLI for prediction: task files, the few-shot benchmark and the main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ehrembed.cli.common import (
+    JsonFlag,
+    app,
+    err_console,
+    fail,
+    out_console,
+    print_json,
+    print_stats,
+    split_list,
+    stage_progress,
+    user_errors,
+)
+
+tasks_app = typer.Typer(
+    help="Prediction tasks: list the built-in ones, show or validate a task file.", no_args_is_help=True
+)
+app.add_typer(tasks_app, name="tasks")
+
+KOption = Annotated[
+    list[str] | None, typer.Option("--k", help="Few-shot k values (repeatable or comma-separated; 'all').")
+]
+HeadOption = Annotated[
+    list[str] | None, typer.Option("--head", help="Heads: lightgbm, logistic, knn (repeatable; default all).")
+]
+
+
+@tasks_app.command("list")
+def tasks_list_cmd(as_json: JsonFlag = False) -> None:
+    """The built-in EHRSHOT-style tasks, by group."""
+    from ehrembed.predict.tasks import builtin_tasks
+
+    tasks = builtin_tasks()
+    if as_json:
+        print_json([t.to_dict() for t in tasks])
+        return
+    for task in tasks:
+        out_console.print(f"[bold]{task.name:<24}[/] {task.group:<14} {task.description}")
+
+
+@tasks_app.command("show")
+def tasks_show_cmd(
+    task: Annotated[str, typer.Argument(help="A task file, or the name of a built-in task.")],
+    dataset: Annotated[Path | None, typer.Option(help="A MEDS folder: also label it and print label counts.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate a task and print it (with label counts on a dataset)."""
+    from ehrembed.predict.tasks import resolve_tasks
+
+    with user_errors():
+        (spec,) = resolve_tasks([task])
+        summary = None
+        if dataset is not None:
+            from ehrembed.ehr.meds import MedsDataset
+            from ehrembed.predict.labelers import label_dataset
+
+            summary = label_dataset(spec, MedsDataset.open(dataset)).summary()
+    if as_json:
+        print_json({"task": spec.to_dict(), "labels": summary})
+        return
+    print(spec.to_yaml(), end="")
+    if summary is not None:
+        out_console.print(
+            f"labels: {summary['labels']:,}, positives {summary['positives']:,}, subjects {summary['subjects']:,}"
+        )
+        skipped: dict[str, int] = summary["skipped"]  # type: ignore[assignment]
+        for reason, n in skipped.items():
+            out_console.print(f"  not labelled {n:,}: {reason}")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (results, report.md, plots).")],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tasks", help="Task files, built-in task names or groups (operational, new_diagnosis, abnormal_lab, all)."
+        ),
+    ] = None,
+    encoders: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--encoders",
+            help="count, student, teacher, ENCODER+guidelines, a model folder, or NAME=SPEC with SPEC an encoder or "
+            "a saved embedding set (repeatable or comma-separated; default count,student).",
+        ),
+    ] = None,
+    k: KOption = None,
+    replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = 5,
+    head: HeadOption = None,
+    max_tokens: Annotated[int | None, typer.Option(min=32, help="Token window of neural encoders.")] = 512,
+    sample_positives: Annotated[
+        int | None, typer.Option(min=1, help="Case-cohort sample: positives per task to keep (default: all).")
+    ] = None,
+    sample_background: Annotated[
+        int | None, typer.Option(min=1, help="Case-cohort sample: patients with one random time each (default: all).")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Patient bootstrap resamples per cell for 95% CIs.")] = 200,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Few-shot benchmark (EHRSHOT protocol) of encoders and heads on tasks; writes a report."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.predict.benchmark import BenchmarkConfig
+    from ehrembed.predict.fewshot import EHRSHOT_KS, parse_ks
+    from ehrembed.predict.heads import HEAD_NAMES
+    from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
+    from ehrembed.predict.tasks import resolve_tasks
+
+    with user_errors():
+        ks = parse_ks(split_list(k)) if k else EHRSHOT_KS
+        config = BenchmarkJobConfig(
+            encoders=tuple(split_list(encoders) or ["count", "student"]),
+            benchmark=BenchmarkConfig(
+                ks=ks,
+                replicates=replicates,
+                heads=tuple(split_list(head) or HEAD_NAMES),
+                seed=seed,
+                n_bootstrap=bootstrap,
+            ),
+            max_tokens=max_tokens,
+            sample_positives=sample_positives,
+            sample_background=sample_background,
+            seed=seed,
+        )
+        ds = MedsDataset.open(dataset)
+        specs = resolve_tasks(split_list(tasks) or ["all"])
+        with stage_progress() as update:
+            result = benchmark_dataset(ds, specs, out, config, progress=update, say=lambda m: err_console.print(m))
+    summary = {
+        "report": str(result.report),
+        "cells": result.result.results.height,
+        "missing_cells": result.result.missing.height,
+        "tasks": result.result.tasks,
+        "tasks_not_run": result.skipped_tasks,
+        "encoding": result.encoding,
+        "seconds": {k: round(v, 2) for k, v in result.timings.items()},
+    }
+    if as_json:
+        print_json(summary)
+        return
+    out_console.print(
+        f"[green]wrote[/] {result.report}: {summary['cells']:,} cells scored, {summary['missing_cells']:,} missing "
+        f"(reasons in the report), {len(result.labelsets)} tasks"
+    )
+
+
+@app.command("run")
+def run_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the job's outputs.")] = Path("out"),
+    fresh: Annotated[bool, typer.Option(help="Redo every stage instead of reusing finished outputs.")] = False,
+    dataset: Annotated[Path | None, typer.Option(help="A MEDS folder to use instead of ingesting Eunomia.")] = None,
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", help="Task files, names or groups (default: every built-in group).")
+    ] = None,
+    teacher: Annotated[str, typer.Option(help="Teacher: 'teacher' (packaged SmolLM2) or a model folder.")] = "teacher",
+    student: Annotated[
+        Path | None, typer.Option(help="Student base folder (default: the packaged all-MiniLM-L6-v2).")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=32, help="Token window of the teacher and students.")] = 192,
+    sample_positives: Annotated[
+        int, typer.Option(min=1, help="Case-cohort sample: positives per task the teacher embeds.")
+    ] = 80,
+    sample_background: Annotated[
+        int, typer.Option(min=1, help="Case-cohort sample: background patients (one time each).")
+    ] = 200,
+    full: Annotated[
+        bool, typer.Option("--full", help="Embed every labelled time (no sample): hours on a CPU, meant for a GPU.")
+    ] = False,
+    no_guidelines: Annotated[
+        bool, typer.Option("--no-guidelines", help="Skip the guideline-augmented teacher.")
+    ] = False,
+    guidelines_kb: Annotated[
+        Path | None,
+        typer.Option(help="Guideline knowledge base folder (default: built once under $EHREMBED_HOME)."),
+    ] = None,
+    retrieval_model: Annotated[
+        Path | None,
+        typer.Option(help="Retrieval model folder for building the knowledge base (default: packaged MiniLM)."),
+    ] = None,
+    k: KOption = None,
+    replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = 3,
+    head: HeadOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Distillation epochs.")] = 3,
+) -> None:
+    """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
+    from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, MainJobConfig, run_main_job
+    from ehrembed.predict.fewshot import parse_ks
+    from ehrembed.predict.heads import HEAD_NAMES
+
+    with user_errors():
+        config = MainJobConfig(
+            out=out,
+            fresh=fresh,
+            dataset=dataset,
+            tasks=tuple(split_list(tasks) or MAIN_JOB_TASKS),
+            teacher=teacher,
+            student=str(student) if student else None,
+            max_tokens=max_tokens,
+            sample_positives=None if full else sample_positives,
+            sample_background=None if full else sample_background,
+            guidelines=not no_guidelines,
+            guidelines_kb=guidelines_kb,
+            retrieval_model=retrieval_model,
+            distill_epochs=epochs,
+            ks=parse_ks(split_list(k)) if k else MAIN_JOB_KS,
+            replicates=replicates,
+            heads=tuple(split_list(head) or HEAD_NAMES),
+        )
+        with stage_progress() as update:
+            result = run_main_job(config, say=lambda msg: err_console.print(msg), progress=update)
+    print_stats(result.stats)
+    out_console.rule(f"record of subject {result.subject_id} as of {result.as_of:%Y-%m-%d %H:%M}")
+    print(result.record, end="")
+    out_console.rule("macro AUROC (held-out)")
+    print(result.summary)
+    out_console.rule("wall time per stage")
+    for stage, seconds in result.timings.items():
+        out_console.print(f"{stage:<20} {seconds:8.1f}s")
+    out_console.print(f"{'total':<20} {sum(result.timings.values()):8.1f}s")
+    if result.report is None:
+        fail("the job produced no report")
+    out_console.print(f"report: {result.report.resolve()}")

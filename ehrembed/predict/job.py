@@ -1,0 +1,356 @@
+"""The benchmark job: tasks → labels → (optional case-cohort sample) → features per encoder → cells → report.
+
+Encoders are named by strings, so the CLI and the main job share one path:
+
+- ``count``: the count-based baseline (:func:`~ehrembed.predict.features.count_features`);
+- ``teacher``, ``student``, ``student-onnx`` or a model folder: records are serialized at each
+  label's prediction time and embedded (cached, so a re-run only embeds what is new);
+- ``ENCODER+guidelines``: the same, with relevant guideline passages appended to each record;
+- ``NAME=SPEC``: any of the above (or the path of a saved embedding set) under another name.
+
+**Sampling.** Embedding every prediction time of every task with an LLM teacher on a CPU is out of
+reach, so ``sample_positives`` / ``sample_background`` keep a case-cohort sample: up to that many
+positive labels per task (one per patient) plus one random labelled time of that many patients,
+shared by all tasks; every task keeps all its labels at the chosen times. AUROC is unbiased under
+this sampling; AUPRC and Brier are not (positives are enriched), so compare those only within a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ehrembed import schema as s
+from ehrembed.ehr.meds import MedsDataset
+from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
+from ehrembed.predict.benchmark import BenchmarkConfig, BenchmarkResult, run_benchmark
+from ehrembed.predict.features import Features, count_features, embedding_features
+from ehrembed.predict.labelers import LabelSet, label_dataset
+from ehrembed.predict.ontology import Ontology
+from ehrembed.predict.report import write_report
+from ehrembed.predict.tasks import TaskError, TaskSpec
+
+COUNT = "count"
+GUIDELINES_SUFFIX = "+guidelines"
+
+Progress = Callable[[str, int, int], None]
+"""Called with (stage description, done, total)."""
+
+
+def _stage(progress: Progress | None, description: str) -> Callable[[int, int], None] | None:
+    """``progress`` bound to one stage's description (None stays None)."""
+    if progress is None:
+        return None
+    report = progress
+
+    def update(done: int, total: int) -> None:
+        report(description, done, total)
+
+    return update
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """One column of the report: its name, where its features come from, and guideline augmentation."""
+
+    name: str
+    source: str
+    guidelines: bool = False
+
+    @property
+    def is_count(self) -> bool:
+        return self.source == COUNT
+
+
+def parse_encoder(text: str) -> EncoderChoice:
+    """``count``, ``teacher``, ``student+guidelines``, ``/models/x``, ``NAME=SPEC``."""
+    text = text.strip()
+    if not text:
+        raise ValueError("an encoder name is empty")
+    name, sep, spec = text.partition("=")
+    if not sep:
+        name, spec = text, text
+    if not name or not spec:
+        raise ValueError(f"encoder {text!r} must be NAME=SPEC or SPEC")
+    guidelines = spec.endswith(GUIDELINES_SUFFIX)
+    source = spec.removesuffix(GUIDELINES_SUFFIX) if guidelines else spec
+    if name == spec and not sep and Path(source).exists():
+        name = Path(source).name + (GUIDELINES_SUFFIX if guidelines else "")
+    return EncoderChoice(name=name, source=source, guidelines=guidelines)
+
+
+@dataclass(frozen=True)
+class BenchmarkJobConfig:
+    """What the benchmark job runs (the cells' settings are in ``benchmark``)."""
+
+    encoders: tuple[str, ...] = (COUNT, "student")
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    max_tokens: int | None = 512
+    batch_size: int = 8
+    sample_positives: int | None = None
+    sample_background: int | None = None
+    seed: int = 0
+    guidelines_kb: str | None = None
+
+
+@dataclass
+class BenchmarkJobResult:
+    report: Path
+    result: BenchmarkResult
+    labelsets: list[LabelSet]
+    skipped_tasks: dict[str, str]
+    encoding: dict[str, dict[str, Any]]
+    timings: dict[str, float]
+
+
+def label_tasks(
+    dataset: MedsDataset,
+    tasks: Sequence[TaskSpec],
+    *,
+    ontology: Ontology | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[LabelSet], dict[str, str]]:
+    """Label every task; a task that cannot be labelled (unknown codes, no labels) is skipped with its reason."""
+    ontology = ontology or Ontology.from_dataset(dataset)
+    out: list[LabelSet] = []
+    skipped: dict[str, str] = {}
+    for task in tasks:
+        try:
+            labelset = label_dataset(
+                task,
+                dataset,
+                ontology=ontology,
+                progress=_stage(progress, f"labelling {task.name}"),
+            )
+        except TaskError as exc:
+            skipped[task.name] = str(exc)
+            continue
+        if len(labelset) == 0:
+            reasons = ", ".join(f"{k}: {v}" for k, v in labelset.skipped.most_common(3)) or "no prediction times"
+            skipped[task.name] = f"task {task.name}: no labels in this dataset ({reasons})"
+            continue
+        if labelset.n_positive == 0:
+            skipped[task.name] = f"task {task.name}: {len(labelset)} labels but no positives"
+            continue
+        out.append(labelset)
+    return out, skipped
+
+
+def _hash_order(subject_id: int, when: Any, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{subject_id}:{when}".encode()).digest()[:8]
+
+
+def case_cohort_keys(
+    labelsets: Sequence[LabelSet], *, positives: int | None, background: int | None, seed: int = 0
+) -> pl.DataFrame:
+    """(subject_id, prediction_time) rows to keep: per task up to ``positives`` positive labels (one per
+    patient), plus one labelled time of up to ``background`` patients; choices are hash-stable."""
+    chosen: set[tuple[int, Any]] = set()
+    for labelset in labelsets:
+        seen_subjects: set[int] = set()
+        ranked = sorted(
+            (lab for lab in labelset.labels if lab.value),
+            key=lambda lab: _hash_order(lab.subject_id, lab.prediction_time, seed),
+        )
+        for lab in ranked:
+            if positives is not None and len(seen_subjects) >= positives:
+                break
+            if lab.subject_id not in seen_subjects:
+                seen_subjects.add(lab.subject_id)
+                chosen.add((lab.subject_id, lab.prediction_time))
+    by_subject: dict[int, list[Any]] = {}
+    for labelset in labelsets:
+        for lab in labelset.labels:
+            by_subject.setdefault(lab.subject_id, []).append(lab.prediction_time)
+    subjects = sorted(by_subject, key=lambda sid: _hash_order(sid, "", seed))
+    for sid in subjects[: background if background is not None else len(subjects)]:
+        times = sorted(set(by_subject[sid]), key=lambda t: _hash_order(sid, t, seed))
+        chosen.add((sid, times[0]))
+    frame = pl.DataFrame(
+        {s.SUBJECT_ID: [c[0] for c in chosen], PREDICTION_TIME: [c[1] for c in chosen]},
+        schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us")},
+    )
+    return frame.sort(s.SUBJECT_ID, PREDICTION_TIME)
+
+
+def restrict(labelset: LabelSet, keys: pl.DataFrame) -> LabelSet:
+    """The labels of a task at the given (subject, time) rows only."""
+    wanted = {(int(a), b) for a, b in keys.select(s.SUBJECT_ID, PREDICTION_TIME).iter_rows()}
+    kept = [lab for lab in labelset.labels if (lab.subject_id, lab.prediction_time) in wanted]
+    skipped = Counter(labelset.skipped)
+    skipped["not in the case-cohort sample"] += len(labelset.labels) - len(kept)
+    return dataclasses.replace(labelset, labels=kept, skipped=skipped)
+
+
+def label_keys(labelsets: Sequence[LabelSet]) -> pl.DataFrame:
+    """Every distinct (subject_id, prediction_time) the tasks label."""
+    frames = [ls.frame().select(s.SUBJECT_ID, PREDICTION_TIME) for ls in labelsets]
+    if not frames:
+        return pl.DataFrame(schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us")})
+    return pl.concat(frames).unique().sort(s.SUBJECT_ID, PREDICTION_TIME)
+
+
+def times_by_subject(keys: pl.DataFrame) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for sid, when in keys.select(s.SUBJECT_ID, PREDICTION_TIME).iter_rows():
+        out.setdefault(int(sid), []).append(when)
+    return out
+
+
+def embed_keys(
+    dataset: MedsDataset,
+    choice: EncoderChoice,
+    keys: pl.DataFrame,
+    out: Path,
+    *,
+    max_tokens: int | None,
+    batch_size: int,
+    guidelines_kb: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """Embed each (subject, time) of ``keys`` with the chosen encoder (or load a saved set); speed figures."""
+    source = Path(choice.source)
+    if source.exists() and ((source / "embedding.json").exists() or source.suffix == ".parquet"):
+        embeddings = EmbeddingSet.load(source)
+        return embeddings, {"source": str(source), "rows": len(embeddings)}
+    from ehrembed.encoders import encoder_kind, load_encoder
+    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+    from ehrembed.encoders.job import EmbedConfig, embed_dataset
+
+    if max_tokens is not None and encoder_kind(choice.source) != "teacher":
+        # A student keeps its own (shorter) window: ``max_tokens`` may only shorten it.
+        encoder = load_encoder(choice.source)
+        if encoder.spec.max_tokens > max_tokens:
+            encoder = load_encoder(choice.source, max_tokens=max_tokens)
+    else:
+        encoder = load_encoder(choice.source, **({} if max_tokens is None else {"max_tokens": max_tokens}))
+    guidelines = None
+    if choice.guidelines:
+        from ehrembed.retrieval.augment import GuidelineAugmentation
+
+        guidelines = GuidelineAugmentation(kb=guidelines_kb)
+    config = EmbedConfig(
+        instruction=DEFAULT_INSTRUCTION if encoder.spec.instruction_template else None,
+        batch_size=batch_size,
+        guidelines=guidelines,
+    )
+    report = embed_dataset(dataset, encoder, out, config, as_of=times_by_subject(keys), progress=progress)
+    info = report.as_dict()
+    info["records_per_second"] = (
+        round(report.encoded / report.seconds, 3) if report.encoded and report.seconds else None
+    )
+    info["encoder"] = encoder.spec.name
+    info["max_tokens"] = encoder.spec.max_tokens
+    return EmbeddingSet.load(out), info
+
+
+def _encoding_section(encoding: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for name, info in encoding.items():
+        speed = info.get("records_per_second")
+        rows.append(
+            f"| {name} | {info.get('encoder', info.get('source', '-'))} | {info.get('max_tokens', '-')} | "
+            f"{info.get('encoded', '-')} | {info.get('cached', '-')} | {'-' if speed is None else f'{speed:.2f}'} |"
+        )
+    header = "| encoder | model | token window | records encoded | from cache | records/s (serialize + encode) |"
+    return "\n".join([header, "|---|---|---|---|---|---|", *rows])
+
+
+def benchmark_dataset(
+    dataset: MedsDataset,
+    tasks: Sequence[TaskSpec],
+    out: Path,
+    config: BenchmarkJobConfig | None = None,
+    *,
+    embeddings: dict[str, EmbeddingSet] | None = None,
+    encoding: dict[str, dict[str, Any]] | None = None,
+    labelled: tuple[list[LabelSet], dict[str, str]] | None = None,
+    progress: Progress | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+    title: str | None = None,
+) -> BenchmarkJobResult:
+    """Label, featurize, run every cell and write the report into ``out``.
+
+    ``embeddings`` supplies ready embedding sets by encoder name (the main job passes the ones it
+    made); other neural encoders are embedded into ``out/embeddings/{name}``. ``labelled`` supplies
+    labels already made (and sampled) with the tasks that were skipped, so they are not made twice.
+    """
+    config = config or BenchmarkJobConfig()
+    choices = [parse_encoder(e) for e in config.encoders]
+    names = [c.name for c in choices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"encoder names must be unique, got {names}")
+    out = Path(out)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    ontology = Ontology.from_dataset(dataset)
+    if labelled is not None:
+        labelsets, skipped = labelled
+    else:
+        labelsets, skipped = label_tasks(dataset, tasks, ontology=ontology, progress=progress)
+        for reason in skipped.values():
+            say(f"not run: {reason}")
+    if not labelsets:
+        raise TaskError("no task has labels in this dataset: " + "; ".join(skipped.values()))
+    if labelled is None and (config.sample_positives is not None or config.sample_background is not None):
+        keys = case_cohort_keys(
+            labelsets, positives=config.sample_positives, background=config.sample_background, seed=config.seed
+        )
+        labelsets = [restrict(ls, keys) for ls in labelsets]
+    keys = label_keys(labelsets)
+    timings["label"] = time.perf_counter() - started
+
+    features: dict[str, Features] = {}
+    encoding = dict(encoding or {})
+    for choice in choices:
+        started = time.perf_counter()
+        if choice.is_count:
+            features[choice.name] = count_features(dataset, keys, ontology=ontology, name=choice.name)
+        else:
+            emb = (embeddings or {}).get(choice.name)
+            if emb is None:
+                emb, info = embed_keys(
+                    dataset,
+                    choice,
+                    keys,
+                    out / "embeddings" / choice.name.replace("/", "_"),
+                    max_tokens=config.max_tokens,
+                    batch_size=config.batch_size,
+                    guidelines_kb=config.guidelines_kb,
+                    progress=_stage(progress, f"embedding ({choice.name})"),
+                )
+                encoding[choice.name] = info
+            features[choice.name] = embedding_features(choice.name, emb)
+        timings[f"features:{choice.name}"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    result = run_benchmark(
+        labelsets,
+        features,
+        dataset.splits(),
+        config.benchmark,
+        progress=_stage(progress, "few-shot cells"),
+        say=say,
+    )
+    timings["benchmark"] = time.perf_counter() - started
+    extra = {}
+    if encoding:
+        extra["Encoding speed"] = _encoding_section(encoding)
+    if skipped:
+        extra["Tasks not run"] = "\n".join(f"- {reason}" for reason in skipped.values())
+    report = write_report(
+        result,
+        out,
+        title=title or f"Few-shot benchmark on {dataset.name}",
+        encoders=names,
+        extra_sections=extra,
+    )
+    return BenchmarkJobResult(report, result, labelsets, skipped, encoding, timings)
