@@ -34,9 +34,14 @@ def _fsync_fd(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def _fsync_parent(path: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (new, renamed or removed files) to disk."""
     with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders
-        _fsync_fd(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        _fsync_fd(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_parent(path: Path) -> None:
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

@@ -150,6 +150,12 @@ class Patient:
                 return event.time
         return None
 
+    @property
+    def last_time(self) -> dt.datetime | None:
+        """The time of the latest dated event (the default as-of time of a record)."""
+        times = [event.time for event in self.events if event.time is not None]
+        return max(times) if times else None
+
     def events_until(self, as_of: dt.datetime) -> list[Event]:
         """Static events and every event at or before ``as_of``; nothing later (no leakage)."""
         return [e for e in self.events if e.time is None or e.time <= as_of]

@@ -20,6 +20,13 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".ehrembed")
     database_url: str | None = None
+    api_encoders: tuple[str, ...] = ("student",)
+    """Encoders the API loads at startup and accepts by name (``EHREMBED_API_ENCODERS='["student"]'``);
+    models registered in the store (``ehrembed distill``) are accepted by their artifact name too."""
+    guidelines_kb: Path | None = None
+    """The guideline knowledge base the API searches (default ``<home>/guidelines/default`` if built)."""
+    max_request_bytes: int = 2_000_000
+    """Larger request bodies are refused with 413."""
 
     @property
     def resolved_database_url(self) -> str:

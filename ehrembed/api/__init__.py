@@ -1,1 +1,5 @@
-"""HTTP API: FastAPI app factory, routers, schemas and auth (issue 6)."""
+"""The HTTP API: ``create_app()`` builds the FastAPI application (see :mod:`ehrembed.api.app`)."""
+
+from ehrembed.api.app import create_app
+
+__all__ = ["create_app"]

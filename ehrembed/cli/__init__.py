@@ -18,7 +18,7 @@ from ehrembed import __version__
 from ehrembed.cli.common import app
 
 # Each stage's module registers its commands on ``app``; this order is the order of ``--help``.
-for _stage in ("records", "models", "search", "predict"):
+for _stage in ("records", "models", "search", "predict", "service"):
     importlib.import_module(f"ehrembed.cli.{_stage}")
 
 __all__ = ["app", "main"]

@@ -19,6 +19,9 @@ from ehrembed.cli.common import (
     stage_progress,
     user_errors,
 )
+from ehrembed.pipeline import MainJobConfig
+
+_JOB = MainJobConfig()  # the main job's defaults, shown by `ehrembed run --help`
 
 tasks_app = typer.Typer(
     help="Prediction tasks: list the built-in ones, show or validate a task file.", no_args_is_help=True
@@ -166,13 +169,15 @@ def run_cmd(
     student: Annotated[
         Path | None, typer.Option(help="Student base folder (default: the packaged all-MiniLM-L6-v2).")
     ] = None,
-    max_tokens: Annotated[int, typer.Option(min=32, help="Token window of the teacher and students.")] = 192,
+    max_tokens: Annotated[
+        int, typer.Option(min=32, help="Token window of the teacher and students.")
+    ] = _JOB.max_tokens,
     sample_positives: Annotated[
         int, typer.Option(min=1, help="Case-cohort sample: positives per task the teacher embeds.")
-    ] = 80,
+    ] = _JOB.sample_positives or 60,
     sample_background: Annotated[
         int, typer.Option(min=1, help="Case-cohort sample: background patients (one time each).")
-    ] = 200,
+    ] = _JOB.sample_background or 160,
     full: Annotated[
         bool, typer.Option("--full", help="Embed every labelled time (no sample): hours on a CPU, meant for a GPU.")
     ] = False,
@@ -188,12 +193,12 @@ def run_cmd(
         typer.Option(help="Retrieval model folder for building the knowledge base (default: packaged MiniLM)."),
     ] = None,
     k: KOption = None,
-    replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = 3,
+    replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = _JOB.replicates,
     head: HeadOption = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Distillation epochs.")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Distillation epochs.")] = _JOB.distill_epochs,
 ) -> None:
     """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
-    from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, MainJobConfig, run_main_job
+    from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, run_main_job
     from ehrembed.predict.fewshot import parse_ks
     from ehrembed.predict.heads import HEAD_NAMES
 

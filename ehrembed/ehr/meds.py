@@ -238,6 +238,10 @@ class MedsDataset:
         root = Path(root)
         if not root.is_dir():
             raise MedsError(f"{root}: no such dataset folder")
+        if (root / ".ehrembed-upsert.json").exists():  # an interrupted upsert: finish it first
+            from ehrembed.ehr.upsert import recover
+
+            recover(root)
         if not any((root / s.DATA_DIR).glob("*.parquet")):
             raise MedsError(f"{root}: no data/*.parquet shards; is this a MEDS dataset folder?")
         return cls(root)

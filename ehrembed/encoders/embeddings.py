@@ -9,6 +9,7 @@ fixed-size list vector column (the spec rides along in the Parquet schema metada
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,36 @@ class EmbeddingSet:
         pq.write_table(table, sink)
         atomic_write_bytes(path, sink.getvalue().to_pybytes())
         return path
+
+    def csv_chunks(self, rows: int = 2048) -> Iterator[bytes]:
+        """``subject_id,prediction_time,v0..v{dim-1}`` as CSV, a block of rows at a time (for streaming)."""
+        yield (",".join([s.SUBJECT_ID, PREDICTION_TIME, *(f"v{i}" for i in range(self.dim))]) + "\n").encode()
+        times = np.datetime_as_string(self.as_of.astype("datetime64[us]"), unit="us")
+        for start in range(0, len(self), rows):
+            block = np.asarray(self.vectors[start : start + rows], dtype=np.float32)
+            lines = [
+                f"{int(sid)},{when}," + ",".join(f"{v:.7g}" for v in vec)
+                for sid, when, vec in zip(
+                    self.subject_ids[start : start + rows], times[start : start + rows], block, strict=True
+                )
+            ]
+            yield ("\n".join(lines) + "\n").encode()
+
+    def export(self, fmt: str, target: Path) -> Path:
+        """Write one file for analysts: ``parquet`` (ids, times, vectors, metadata), ``npy`` (the vectors in
+        row order; ``rows()`` gives the ids) or ``csv``."""
+        if fmt == "parquet":
+            return self.to_parquet(target)
+        if fmt == "npy":
+            with open(target, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(self.vectors, dtype=np.float32))
+            return target
+        if fmt == "csv":
+            with open(target, "wb") as fh:
+                for chunk in self.csv_chunks():
+                    fh.write(chunk)
+            return target
+        raise EncoderError(f"export format must be parquet, npy or csv, not {fmt!r}")
 
     @classmethod
     def load(cls, path: Path | str, *, mmap: bool = True) -> EmbeddingSet:

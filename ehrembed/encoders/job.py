@@ -123,13 +123,34 @@ def embed_dataset(
     (one row per time, e.g. a task's prediction times), or by default each one's last event.
 
     ``progress(done, total)`` is called after every chunk. Subjects whose as-of time falls before
-    their birth, or who have no dated events, are skipped and counted in the report.
+    their birth, or who have no dated events, are skipped and counted in the report. The
+    embedding set is written to ``out`` atomically.
     """
+    started = time.perf_counter()
+    embeddings, report = embed_records(
+        dataset, encoder, config, subject_ids=subject_ids, as_of=as_of, progress=progress
+    )
+    embeddings.save(out)
+    report.out = Path(out)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def embed_records(
+    dataset: MedsDataset,
+    encoder: Encoder,
+    config: EmbedConfig | None = None,
+    *,
+    subject_ids: Sequence[int] | None = None,
+    as_of: AsOf = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[EmbeddingSet, EmbedReport]:
+    """:func:`embed_dataset` without the file: the embedding set in memory (cached vectors are reused)."""
     config = config or EmbedConfig()
     if subject_ids is None and isinstance(as_of, Mapping):
         subject_ids = sorted(as_of)
     started = time.perf_counter()
-    report = EmbedReport(out=Path(out))
+    report = EmbedReport(out=Path())
     vocabulary = Vocabulary.from_dataset(dataset)
     serializer = record_serializer(encoder, vocabulary, config)
     cache = EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
@@ -202,10 +223,9 @@ def embed_dataset(
             "truncated_records": report.truncated_records,
         },
     )
-    embeddings.save(out)
     report.rows = len(keys)
     report.seconds = time.perf_counter() - started
-    return report
+    return embeddings, report
 
 
 def _as_of_times(patient: s.Patient, as_of: AsOf) -> list[dt.datetime]:

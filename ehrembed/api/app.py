@@ -1,0 +1,50 @@
+"""The FastAPI application factory: routers under /v1, auth, errors, limits, metrics, audit.
+
+``create_app()`` reads settings from the environment (``EHREMBED_*``); models, indexes, heads and
+the guideline knowledge base load once at startup. ``ehrembed serve`` runs it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from ehrembed import __version__
+from ehrembed.api.deps import _KeyCache
+from ehrembed.api.errors import install_handlers
+from ehrembed.api.metrics import Metrics
+from ehrembed.api.middleware import BodyLimit, Observe
+from ehrembed.api.routers import admin, embeddings, guidelines, heads, health, patients, tasks
+from ehrembed.api.state import ServiceState
+from ehrembed.settings import Settings, get_settings
+
+DESCRIPTION = """Few-shot clinical prediction, similar-patient search and embedding export over
+structured patient records. Every `/v1` endpoint needs an API key (`Authorization: Bearer ehr_...`,
+from `ehrembed keys create`); errors are JSON bodies naming the field and the problem."""
+
+
+def create_app(settings: Settings | None = None, *, state: ServiceState | None = None) -> FastAPI:
+    """A ready-to-serve app; ``state`` lets tests (or an embedding process) supply a prepared one."""
+    settings = settings or get_settings()
+    service = state or ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not service.ready:
+            await to_thread.run_sync(service.load)
+        yield
+        service.close()
+
+    app = FastAPI(title="ehrembed", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    app.state.metrics = Metrics()
+    app.state.key_cache = _KeyCache()
+    install_handlers(app)
+    for module in (health, patients, embeddings, tasks, heads, guidelines, admin):
+        app.include_router(module.router)
+    app.add_middleware(Observe, metrics=app.state.metrics, state=service)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app

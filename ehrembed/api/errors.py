@@ -1,0 +1,76 @@
+"""Every error the API returns is a 4xx JSON body naming the field and the problem.
+
+``{"error": {"status": 404, "field": "subject_id", "message": "subject 42 is not in dataset demo"}}``.
+Routers raise :class:`ApiError`; the handlers here also turn request validation errors and the
+library's input errors (all ``ValueError`` subclasses with messages written for people) into that
+shape, so no stack trace or internal detail reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ehrembed.store.errors import ConflictError, NotFoundError
+
+log = logging.getLogger("ehrembed.api")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, the request field at fault (if any) and a message for people."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def error_body(status: int, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"status": status, "field": field, "message": message, **extra}}
+
+
+def _json(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(status, message, field, **extra), status_code=status)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _json(exc.status, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            problems.append({"field": ".".join(loc) or None, "message": str(error.get("msg", "invalid"))})
+        first = problems[0] if problems else {"field": None, "message": "invalid request"}
+        return _json(422, str(first["message"]), first["field"], problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _json(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return _json(404, str(exc))
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
+        return _json(409, str(exc))
+
+    @app.exception_handler(ValueError)
+    async def _value(_request: Request, exc: ValueError) -> JSONResponse:
+        # The library's input errors (MedsError, TaskError, HeadError, VectorIndexError, ...).
+        return _json(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s in %s", type(exc).__name__, _request.url.path)  # no bodies, no record text
+        return _json(500, "internal error; the server log has the exception type")

@@ -1,0 +1,98 @@
+"""Embeddings: vectors for subjects or inline records, and whole embedding sets exported for analysts."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from ehrembed.api.deps import ReadKey, StateDep, audit
+from ehrembed.api.errors import ApiError
+from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut
+from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.encoders.job import EmbedConfig, embed_records
+from ehrembed.store.repository import list_artifacts
+from ehrembed.store.tables import ArtifactKind
+
+router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
+
+MEDIA = {"parquet": "application/vnd.apache.parquet", "npy": "application/octet-stream", "csv": "text/csv"}
+
+
+@router.post("", response_model=EmbeddingsOut)
+def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) -> EmbeddingsOut:
+    """Vectors of stored subjects' records (as of a time) or of inline record texts, with the named encoder."""
+    encoder = state.encoder(body.encoder)
+    instruction = DEFAULT_INSTRUCTION if encoder.spec.instruction_template else None
+    if body.records is not None:
+        vectors = encoder.encode(body.records, instruction=instruction)
+        rows = [EmbeddingRow(subject_id=None, as_of=None, vector=v.tolist()) for v in vectors]
+        return EmbeddingsOut(encoder=body.encoder, dim=encoder.spec.dim, rows=rows)
+    assert body.dataset is not None and body.subject_ids is not None
+    audit(request, body.dataset, body.subject_ids)
+    handle = state.dataset(body.dataset)
+    as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
+    with handle.lock.read():
+        known = set(handle.dataset.splits().get_column("subject_id").to_list())
+        unknown = [i for i in body.subject_ids if i not in known]
+        if unknown:
+            raise ApiError(404, f"subject {unknown[0]} is not in dataset {body.dataset}", "subject_ids")
+        embeddings, report = embed_records(
+            handle.dataset, encoder, EmbedConfig(instruction=instruction), subject_ids=body.subject_ids, as_of=as_of
+        )
+    if report.skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
+        raise ApiError(422, f"some subjects have no record to embed ({reasons})", "as_of")
+    rows = [
+        EmbeddingRow(subject_id=int(sid), as_of=when.astype("datetime64[us]").item(), vector=vec.tolist())
+        for sid, when, vec in zip(embeddings.subject_ids, embeddings.as_of, embeddings.vectors, strict=True)
+    ]
+    return EmbeddingsOut(encoder=body.encoder, dim=encoder.spec.dim, rows=rows)
+
+
+@router.get(
+    "/export",
+    response_class=FileResponse,
+    response_model=None,
+    responses={
+        200: {"content": {"application/vnd.apache.parquet": {}, "application/octet-stream": {}, "text/csv": {}}}
+    },
+)
+def export(
+    state: StateDep,
+    request: Request,
+    _key: ReadKey,
+    dataset: Annotated[str, Query(min_length=1, max_length=200)],
+    encoder: Annotated[str, Query(min_length=1, max_length=200, description="Embedding set name or encoder name")],
+    format: Annotated[Literal["parquet", "npy", "csv"], Query()] = "parquet",
+) -> StreamingResponse | FileResponse:
+    """The newest embedding set recorded for a dataset and encoder, as Parquet, NumPy or CSV."""
+    state.dataset(dataset)
+    with state.session() as session:
+        artifacts = list_artifacts(session, ArtifactKind.EMBEDDINGS, dataset=dataset)
+        matches = [
+            a.path
+            for a in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True)
+            if encoder in (a.name, (a.spec or {}).get("name")) and Path(a.path).exists()
+        ]
+    if not matches:
+        raise ApiError(404, f"no embeddings of dataset {dataset} by encoder {encoder!r} are recorded", "encoder")
+    embeddings = EmbeddingSet.load(matches[0])
+    audit(request, dataset, embeddings.subject_ids.tolist())
+    filename = f"{dataset}-{encoder}.{format}".replace("/", "_")
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Rows": str(len(embeddings))}
+    if format == "csv":
+        return StreamingResponse(embeddings.csv_chunks(), media_type=MEDIA["csv"], headers=headers)
+    folder = Path(tempfile.mkdtemp(prefix="ehrembed-export-"))
+    target = embeddings.export(format, folder / filename)
+
+    def cleanup() -> None:
+        target.unlink(missing_ok=True)
+        folder.rmdir()
+
+    return FileResponse(target, media_type=MEDIA[format], headers=headers, background=BackgroundTask(cleanup))

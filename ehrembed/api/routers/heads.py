@@ -1,0 +1,134 @@
+"""Few-shot heads: fit from a task or inline examples, then predict with evidence."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit
+from ehrembed.api.errors import ApiError
+from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
+from ehrembed.api.state import ServiceState
+from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
+from ehrembed.predict.job import case_cohort_keys, restrict
+from ehrembed.predict.labelers import label_dataset
+from ehrembed.predict.tasks import TaskSpec, builtin_task_names, parse_task, resolve_tasks
+from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
+from ehrembed.schema import Label
+from ehrembed.store.catalog import record_artifact
+from ehrembed.store.errors import NotFoundError
+from ehrembed.store.repository import get_task
+
+router = APIRouter(prefix="/v1/heads", tags=["heads"])
+
+
+def _head_out(fitted: FittedHead) -> HeadOut:
+    card = fitted.card
+    return HeadOut(
+        head_id=fitted.head_id,
+        kind=card["kind"],
+        dataset=card["dataset"],
+        task=card.get("task"),
+        encoder=fitted.spec.name,
+        n_examples=card["n_examples"],
+        n_positive=card["n_positive"],
+        metrics=card["metrics"],
+        params=card["params"],
+    )
+
+
+def _task(state: ServiceState, name: str) -> TaskSpec:
+    """A stored task by name, else a built-in one (never a file path: clients cannot read server files)."""
+    with state.session() as session:
+        try:
+            return parse_task(get_task(session, name).definition, source=name)
+        except NotFoundError:
+            pass
+    if name in builtin_task_names():
+        return resolve_tasks([name])[0]
+    raise ApiError(404, f"unknown task {name!r}; see GET /v1/tasks", "task")
+
+
+@router.post("", response_model=HeadOut, status_code=201)
+def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> HeadOut:
+    """Fit a head on a task's labels (a stable sample of ``max_examples``) or on inline labelled examples."""
+    handle = state.dataset(body.dataset)
+    encoder = state.encoder(body.encoder)
+    with handle.lock.read():
+        if body.task is not None:
+            spec = _task(state, body.task)
+            labels = label_dataset(spec, handle.dataset)
+            half = body.max_examples // 2
+            labels = restrict(labels, case_cohort_keys([labels], positives=half, background=half))
+            examples = labels.labels
+        else:
+            assert body.examples is not None
+            known = set(handle.dataset.splits().get_column("subject_id").to_list())
+            unknown = [e.subject_id for e in body.examples if e.subject_id not in known]
+            if unknown:
+                raise ApiError(404, f"subject {unknown[0]} is not in dataset {body.dataset}", "examples")
+            examples = [Label(e.subject_id, e.prediction_time.replace(tzinfo=None), e.label) for e in body.examples]
+        audit(request, body.dataset, sorted({e.subject_id for e in examples}))
+        fitted = fit_head(
+            handle.dataset, encoder, examples, body.head, state.heads_dir(), task=body.task, dataset_name=body.dataset
+        )
+    with state.session() as session:
+        record_artifact(session, "head", fitted.head_id, state.heads_dir() / fitted.head_id, fitted.card, body.dataset)
+    state.heads[fitted.head_id] = fitted
+    return _head_out(fitted)
+
+
+@router.get("/{head_id}", response_model=HeadOut)
+def show(head_id: Annotated[str, Path(min_length=1, max_length=64)], state: StateDep, _key: ReadKey) -> HeadOut:
+    """A fitted head's card: task, encoder, sizes, chosen parameters and validation metrics."""
+    return _head_out(state.head(head_id))
+
+
+@router.post("/{head_id}/predict", response_model=PredictOut)
+def predict(
+    head_id: Annotated[str, Path(min_length=1, max_length=64)],
+    body: PredictIn,
+    state: StateDep,
+    request: Request,
+    _key: ReadKey,
+) -> PredictOut:
+    """Probabilities for stored subjects or inline records, with the most similar labelled examples
+    and relevant guideline passages as evidence."""
+    fitted = state.head(head_id)
+    encoder = state.encoder_for(fitted.spec)
+    if encoder is None:
+        raise ApiError(409, f"the encoder of head {head_id} ({fitted.spec.name}) is not available here", "head_id")
+    augmenter = GuidelineAugmenter(kb=state.kb) if state.kb is not None and body.guidelines else None
+    passages: list[list[PassageOut]] = []
+    if body.records is not None:
+        vectors, subjects, times = embed_for_head(fitted, encoder, records=body.records)
+        for text in body.records:
+            hits = state.kb.search(text[:2000], k=body.guidelines, per_guideline=1) if augmenter is not None else []
+            passages.append([PassageOut(**h.as_dict()) for h in hits])
+    else:
+        assert body.subject_ids is not None
+        dataset = fitted.card["dataset"]
+        audit(request, dataset, body.subject_ids)
+        handle = state.dataset(dataset)
+        with handle.lock.read():
+            known = set(handle.dataset.splits().get_column("subject_id").to_list())
+            unknown = [i for i in body.subject_ids if i not in known]
+            if unknown:
+                raise ApiError(404, f"subject {unknown[0]} is not in dataset {dataset}", "subject_ids")
+            as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
+            vectors, subjects, times = embed_for_head(
+                fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
+            )
+            for sid, when in zip(subjects, times, strict=True):
+                hits = []
+                if augmenter is not None and sid is not None and when is not None:
+                    patient = handle.dataset.patient(sid)
+                    hits = relevant_guidelines(patient, when, handle.vocabulary, augmenter)[: body.guidelines]
+                passages.append([PassageOut(**h.as_dict()) for h in hits])
+    probabilities, evidence = fitted.predict(vectors, evidence=body.evidence)
+    predictions = [
+        PredictionOut(subject_id=sid, as_of=when, probability=float(p), similar_examples=ev, guidelines=gl)
+        for sid, when, p, ev, gl in zip(subjects, times, probabilities, evidence, passages, strict=True)
+    ]
+    return PredictOut(head_id=head_id, predictions=predictions)

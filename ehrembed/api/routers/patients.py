@@ -1,0 +1,136 @@
+"""Patients: add or replace them (MEDS events or a FHIR Bundle), read a record, find similar patients."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import numpy as np
+import polars as pl
+from fastapi import APIRouter, Path, Query, Request
+
+from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit
+from ehrembed.api.errors import ApiError
+from ehrembed.api.schemas import FiltersIn, PatientsIn, RecordOut, SimilarIn, SimilarOut, UpsertOut
+from ehrembed.ehr.serialize import Serializer
+from ehrembed.ehr.upsert import bundle_frames, events_frame
+from ehrembed.retrieval.similar import SimilarFilters, SimilarResult
+
+router = APIRouter(prefix="/v1", tags=["patients"])
+
+SubjectId = Annotated[int, Path(ge=0, le=2**62, description="subject_id in the dataset")]
+DatasetQuery = Annotated[str, Query(min_length=1, max_length=200, description="Dataset name (see GET /readyz)")]
+AsOf = Annotated[dt.datetime | None, Query(description="ISO time; default: the subject's latest record")]
+
+
+@router.post("/datasets/{dataset}/patients", response_model=UpsertOut)
+def upsert_patients(
+    dataset: Annotated[str, Path(min_length=1, max_length=200)],
+    body: PatientsIn,
+    state: StateDep,
+    request: Request,
+    _key: WriteKey,
+) -> UpsertOut:
+    """Add patients, or replace them wholesale: from MEDS events, or from a FHIR R4 Bundle."""
+    state.dataset(dataset)  # 404 before any work
+    if body.events is not None:
+        events = events_frame([e.model_dump() for e in body.events])
+        codes = pl.DataFrame([c.model_dump() for c in body.codes]) if body.codes else None
+        source_ids = None
+    else:
+        assert body.bundle is not None
+        events, codes, source_ids = bundle_frames(body.bundle)
+    audit(request, dataset, events.get_column("subject_id").unique().to_list())
+    report = state.upsert(dataset, events, codes, source_ids)
+    return UpsertOut(dataset=dataset, **report.as_dict())
+
+
+def _filters(body: FiltersIn) -> SimilarFilters:
+    return SimilarFilters(
+        splits=tuple(body.splits),
+        sex=body.sex,
+        min_age=body.min_age,
+        max_age=body.max_age,
+        has_codes=tuple(body.has_codes),
+    )
+
+
+def _similar_out(dataset: str, result: SimilarResult) -> SimilarOut:
+    data: dict[str, Any] = result.as_dict()
+    return SimilarOut(
+        dataset=dataset,
+        subject_id=result.query.subject_id,
+        as_of=result.query.as_of,
+        k=result.k,
+        neighbors=data["neighbors"],
+    )
+
+
+@router.get("/patients/{subject_id}/record", response_model=RecordOut)
+def record(
+    subject_id: SubjectId, dataset: DatasetQuery, state: StateDep, request: Request, _key: ReadKey, as_of: AsOf = None
+) -> RecordOut:
+    """The subject's Markdown record as of a time (only events at or before it)."""
+    audit(request, dataset, [subject_id])
+    handle = state.dataset(dataset)
+    with handle.lock.read():
+        try:
+            patient = handle.dataset.patient(subject_id)
+        except KeyError:
+            raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
+        when = as_of.replace(tzinfo=None) if as_of is not None else patient.last_time
+        if when is None:
+            raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
+        text = Serializer(handle.vocabulary).serialize(patient, as_of=when)
+    return RecordOut(dataset=dataset, subject_id=subject_id, as_of=when, record=text)
+
+
+@router.get("/patients/{subject_id}/similar", response_model=SimilarOut)
+def similar_to_subject(
+    subject_id: SubjectId,
+    dataset: DatasetQuery,
+    state: StateDep,
+    request: Request,
+    _key: ReadKey,
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    as_of: AsOf = None,
+    split: Annotated[list[str] | None, Query(max_length=3)] = None,
+    sex: Annotated[str | None, Query(max_length=8)] = None,
+    min_age: Annotated[float | None, Query(ge=0, le=150)] = None,
+    max_age: Annotated[float | None, Query(ge=0, le=150)] = None,
+    has_code: Annotated[list[str] | None, Query(max_length=20)] = None,
+) -> SimilarOut:
+    """The k most similar patients (never the subject itself), with what their records share."""
+    audit(request, dataset, [subject_id])
+    handle = state.dataset(dataset)
+    similar = handle.similar
+    if similar is None:
+        raise ApiError(409, f"dataset {dataset} has no index yet; build one with `ehrembed index`", "dataset")
+    filters = SimilarFilters(
+        splits=tuple(split or ()), sex=sex, min_age=min_age, max_age=max_age, has_codes=tuple(has_code or ())
+    )
+    with handle.lock.read():
+        if similar.attributes.positions(np.asarray([subject_id], dtype=np.int64))[0] < 0:
+            raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id")
+        result = similar.by_subject(
+            subject_id, as_of=as_of.replace(tzinfo=None) if as_of else None, k=k, filters=filters
+        )
+    request.state.audit = (dataset, [subject_id, *(n.subject_id for n in result.neighbors)])
+    return _similar_out(dataset, result)
+
+
+@router.post("/similar", response_model=SimilarOut)
+def similar_to_record(body: SimilarIn, state: StateDep, request: Request, _key: ReadKey) -> SimilarOut:
+    """The k patients most similar to an inline record text (embedded with the index's encoder)."""
+    handle = state.dataset(body.dataset)
+    similar = handle.similar
+    if similar is None:
+        raise ApiError(409, f"dataset {body.dataset} has no index yet; build one with `ehrembed index`", "dataset")
+    if similar.encoder is None:
+        raise ApiError(
+            409, "the index's encoder is not available to this service, so text cannot be embedded", "record"
+        )
+    with handle.lock.read():
+        result = similar.by_text(body.record, k=body.k, filters=_filters(body.filters))
+    audit(request, body.dataset, [n.subject_id for n in result.neighbors])
+    return _similar_out(body.dataset, result)

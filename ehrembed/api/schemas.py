@@ -1,0 +1,246 @@
+"""Request and response bodies of the HTTP API (pydantic; they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_IDS = 1000
+MAX_RECORDS = 64
+MAX_EXAMPLES = 20_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(_Body):
+    """One MEDS event of a patient."""
+
+    subject_id: int = Field(ge=0, le=2**62)
+    time: dt.datetime | None = None
+    code: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    numeric_value: float | None = Field(default=None, allow_inf_nan=False)
+    text_value: str | None = Field(default=None, max_length=10_000)
+    unit: str | None = Field(default=None, max_length=64)
+    visit_id: int | None = None
+    ref_low: float | None = Field(default=None, allow_inf_nan=False)
+    ref_high: float | None = Field(default=None, allow_inf_nan=False)
+
+
+class CodeIn(_Body):
+    code: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    description: str | None = Field(default=None, max_length=1000)
+    domain: str | None = Field(default=None, max_length=32)
+
+
+class PatientsIn(_Body):
+    """Patients to add or replace: MEDS events (with optional code descriptions), or a FHIR R4 Bundle."""
+
+    events: list[EventIn] | None = Field(default=None, max_length=200_000)
+    codes: list[CodeIn] | None = Field(default=None, max_length=10_000)
+    bundle: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PatientsIn:
+        if (self.events is None) == (self.bundle is None):
+            raise ValueError("give exactly one of events (MEDS) or bundle (FHIR R4)")
+        if self.events is not None and not self.events:
+            raise ValueError("events is empty")
+        return self
+
+
+class UpsertOut(BaseModel):
+    dataset: str
+    added: list[int]
+    replaced: list[int]
+    n_events: int
+    new_codes: int
+    seconds: float
+
+
+class RecordOut(BaseModel):
+    dataset: str
+    subject_id: int
+    as_of: dt.datetime
+    record: str
+
+
+class EmbeddingsIn(_Body):
+    """Vectors for stored subjects (as of a time, default each one's last event) or inline record texts."""
+
+    dataset: str | None = Field(default=None, max_length=200)
+    subject_ids: list[int] | None = Field(default=None, max_length=MAX_IDS)
+    as_of: dt.datetime | None = None
+    records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
+    encoder: str = Field(default="student", max_length=200)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EmbeddingsIn:
+        if (self.subject_ids is None) == (self.records is None):
+            raise ValueError("give exactly one of subject_ids (with dataset) or records")
+        if self.subject_ids is not None and self.dataset is None:
+            raise ValueError("subject_ids need a dataset")
+        if self.records is not None and any(not r.strip() for r in self.records):
+            raise ValueError("records must not be empty texts")
+        return self
+
+
+class EmbeddingRow(BaseModel):
+    subject_id: int | None
+    as_of: dt.datetime | None
+    vector: list[float]
+
+
+class EmbeddingsOut(BaseModel):
+    encoder: str
+    dim: int
+    rows: list[EmbeddingRow]
+
+
+class SharedCodeOut(BaseModel):
+    code: str
+    description: str
+    domain: str
+
+
+class ExplanationOut(BaseModel):
+    """What the neighbour's record shares with the query (rarest codes first)."""
+
+    conditions: list[SharedCodeOut]
+    medications: list[SharedCodeOut]
+    procedures: list[SharedCodeOut]
+    n_conditions: int
+    n_medications: int
+    n_procedures: int
+    summary: str
+
+
+class NeighborOut(BaseModel):
+    rank: int
+    subject_id: int
+    prediction_time: dt.datetime | None
+    score: float
+    split: str | None
+    sex: str | None
+    age: float | None
+    explanation: ExplanationOut
+
+
+class SimilarOut(BaseModel):
+    dataset: str
+    subject_id: int | None
+    as_of: dt.datetime | None
+    k: int
+    neighbors: list[NeighborOut]
+
+
+class FiltersIn(_Body):
+    splits: list[Literal["train", "tuning", "held_out"]] = Field(default_factory=list, max_length=3)
+    sex: Literal["F", "M"] | None = None
+    min_age: float | None = Field(default=None, ge=0, le=150)
+    max_age: float | None = Field(default=None, ge=0, le=150)
+    has_codes: list[str] = Field(default_factory=list, max_length=20)
+
+
+class SimilarIn(_Body):
+    """Similar patients of an inline record text (embedded with the index's encoder)."""
+
+    dataset: str = Field(max_length=200)
+    record: str = Field(min_length=1, max_length=100_000)
+    k: int = Field(default=10, ge=1, le=100)
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class TaskOut(BaseModel):
+    name: str
+    source: Literal["builtin", "stored"]
+    definition: dict[str, Any]
+
+
+class ExampleIn(_Body):
+    subject_id: int = Field(ge=0, le=2**62)
+    prediction_time: dt.datetime
+    label: bool
+
+
+class HeadIn(_Body):
+    """Fit a few-shot head from a task's labels or from inline labelled examples."""
+
+    dataset: str = Field(max_length=200)
+    task: str | None = Field(default=None, max_length=64)
+    examples: list[ExampleIn] | None = Field(default=None, max_length=MAX_EXAMPLES)
+    head: Literal["lightgbm", "logistic", "knn"] = "logistic"
+    encoder: str = Field(default="student", max_length=200)
+    max_examples: int = Field(default=400, ge=4, le=MAX_EXAMPLES)
+    """With ``task``: at most this many examples (half positives, one per patient; a stable sample)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HeadIn:
+        if (self.task is None) == (self.examples is None):
+            raise ValueError("give exactly one of task (a task name) or examples")
+        return self
+
+
+class HeadOut(BaseModel):
+    head_id: str
+    kind: str
+    dataset: str
+    task: str | None
+    encoder: str
+    n_examples: int
+    n_positive: int
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+
+
+class PredictIn(_Body):
+    subject_ids: list[int] | None = Field(default=None, max_length=MAX_IDS)
+    as_of: dt.datetime | None = None
+    records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
+    evidence: int = Field(default=3, ge=0, le=20)
+    guidelines: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictIn:
+        if (self.subject_ids is None) == (self.records is None):
+            raise ValueError("give exactly one of subject_ids or records")
+        if self.records is not None and any(not r.strip() for r in self.records):
+            raise ValueError("records must not be empty texts")
+        return self
+
+
+class PassageOut(BaseModel):
+    guideline_id: str
+    title: str
+    section: str
+    passage: str
+    score: float
+    doi: str | None = None
+
+
+class PredictionOut(BaseModel):
+    subject_id: int | None
+    as_of: dt.datetime | None
+    probability: float
+    similar_examples: list[dict[str, Any]]
+    guidelines: list[PassageOut]
+
+
+class PredictOut(BaseModel):
+    head_id: str
+    predictions: list[PredictionOut]
+
+
+class GuidelineSearchOut(BaseModel):
+    query: str
+    results: list[PassageOut]
+
+
+class ReloadOut(BaseModel):
+    dataset: str
+    index: str
+    rows: int
+    kind: str

@@ -1,0 +1,257 @@
+"""What the service holds in memory: the store, encoders, datasets with their indexes, heads, guidelines.
+
+Everything is loaded once at startup (:meth:`ServiceState.load`). Searches only read, so they run
+concurrently; a rebuilt index is loaded beside the old one and swapped in by one reference
+assignment (:meth:`reload_index`), so requests in flight finish on the index they started with. A
+patient upsert takes its dataset's write lock, so readers never see the folder mid-write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlalchemy.orm import Session
+
+from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.upsert import UpsertReport, upsert_patients
+from ehrembed.ehr.vocabulary import Vocabulary
+from ehrembed.encoders.base import Encoder, EncoderSpec
+from ehrembed.predict.fitted import FittedHead, load_fitted
+from ehrembed.retrieval.index import VectorIndex
+from ehrembed.retrieval.similar import SimilarPatients
+from ehrembed.settings import Settings
+from ehrembed.store.catalog import register_meds
+from ehrembed.store.db import create_all, make_engine, make_session_factory, session_scope
+from ehrembed.store.errors import NotFoundError
+from ehrembed.store.repository import list_artifacts, list_datasets
+from ehrembed.store.tables import ArtifactKind
+
+
+class RWLock:
+    """Many readers or one writer; writers wait for readers in progress and block new ones."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+@dataclass
+class DatasetHandle:
+    """A registered dataset as served: its folder, vocabulary, similar-patient search and lock."""
+
+    name: str
+    dataset: MedsDataset
+    vocabulary: Vocabulary
+    similar: SimilarPatients | None = None
+    index_path: Path | None = None
+    lock: RWLock = field(default_factory=RWLock)
+
+
+class _LockedEncoder:
+    """An encoder whose ``encode`` calls run one at a time (a model uses every core already)."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.spec: EncoderSpec = inner.spec
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self.inner.encode(texts, **kwargs)
+
+    def count_tokens(self, texts: Any) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+
+class ServiceState:
+    """The service's loaded state. Build it, call :meth:`load`, and share it across requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.resolved_database_url)
+        create_all(self.engine)
+        self.sessions = make_session_factory(self.engine)
+        self.encoders: dict[str, Encoder] = {}
+        self.datasets: dict[str, DatasetHandle] = {}
+        self.heads: dict[str, FittedHead] = {}
+        self.kb: Any = None
+        self.ready = False
+        self._lock = threading.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load encoders, datasets (with their newest index), heads and the guideline knowledge base."""
+        for name in self.settings.api_encoders:
+            self.encoder(name)
+        with self.session() as session:
+            datasets = [(d.name, d.path) for d in list_datasets(session)]
+            heads = [Path(a.path) for a in list_artifacts(session, ArtifactKind.HEAD)]
+        for name, path in datasets:
+            if Path(path, "data").is_dir():
+                self.datasets[name] = self._open_dataset(name, Path(path))
+        for folder in heads:
+            if (folder / "card.json").is_file():
+                fitted = load_fitted(folder)
+                self.heads[fitted.head_id] = fitted
+        self._load_kb()
+        self.ready = True
+
+    def close(self) -> None:
+        self.ready = False
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.sessions) as session:
+            yield session
+
+    # --- encoders -------------------------------------------------------------------------------
+
+    def encoder(self, name: str) -> Encoder:
+        """A loaded encoder by name: a built-in (``student``...) or a model registered in the store."""
+        with self._lock:
+            if name in self.encoders:
+                return self.encoders[name]
+        allowed = set(self.settings.api_encoders)
+        with self.session() as session:
+            models = {a.name: a.path for a in list_artifacts(session, ArtifactKind.MODEL)}
+        if name not in allowed and name not in models:
+            known = sorted(allowed | set(models))
+            raise NotFoundError(f"unknown encoder {name!r}; this service offers: {', '.join(known)}")
+        from ehrembed.encoders import load_encoder
+
+        loaded = _LockedEncoder(load_encoder(models.get(name, name)))
+        with self._lock:
+            return self.encoders.setdefault(name, loaded)
+
+    def encoder_for(self, spec: EncoderSpec) -> Encoder | None:
+        """A loaded encoder with this spec, or one loaded from the spec's local folder; None if neither."""
+        for encoder in self.encoders.values():
+            if encoder.spec.fingerprint() == spec.fingerprint():
+                return encoder
+        from ehrembed.encoders import load_encoder
+
+        if not Path(spec.model_path).is_dir():
+            return None
+        try:
+            candidate = load_encoder(spec.model_path, max_tokens=spec.max_tokens)
+        except ValueError:
+            return None
+        if candidate.spec.fingerprint() != spec.fingerprint():
+            return None
+        locked = _LockedEncoder(candidate)
+        with self._lock:
+            self.encoders.setdefault(f"{spec.name}@{spec.fingerprint()[:8]}", locked)
+        return locked
+
+    # --- datasets and indexes -------------------------------------------------------------------
+
+    def _newest_index(self, name: str) -> Path | None:
+        with self.session() as session:
+            artifacts = list_artifacts(session, ArtifactKind.INDEX, dataset=name)
+        for artifact in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True):
+            if Path(artifact.path, "index.faiss").is_file():
+                return Path(artifact.path)
+        return None
+
+    def _similar(self, dataset: MedsDataset, vocabulary: Vocabulary, path: Path) -> SimilarPatients:
+        index = VectorIndex.load(path)
+        encoder = self.encoder_for(index.spec) if index.spec is not None else None
+        similar = SimilarPatients(index, dataset, vocabulary=vocabulary, encoder=encoder)
+        similar.attributes  # noqa: B018 - load subject attributes now, not on the first request
+        return similar
+
+    def _open_dataset(self, name: str, path: Path) -> DatasetHandle:
+        dataset = MedsDataset.open(path)
+        vocabulary = Vocabulary.from_dataset(dataset)
+        index_path = self._newest_index(name)
+        similar = self._similar(dataset, vocabulary, index_path) if index_path is not None else None
+        return DatasetHandle(name, dataset, vocabulary, similar, index_path)
+
+    def dataset(self, name: str) -> DatasetHandle:
+        handle = self.datasets.get(name)
+        if handle is None:
+            with self.session() as session:
+                known = {d.name: d.path for d in list_datasets(session)}
+            if name not in known:
+                raise NotFoundError(f"unknown dataset {name!r}; known: {', '.join(sorted(known)) or 'none'}")
+            handle = self._open_dataset(name, Path(known[name]))
+            with self._lock:
+                handle = self.datasets.setdefault(name, handle)
+        return handle
+
+    def reload_index(self, name: str) -> dict[str, Any]:
+        """Load the newest recorded index of a dataset and swap it in; requests in flight keep the old one."""
+        handle = self.dataset(name)
+        path = self._newest_index(name)
+        if path is None:
+            raise NotFoundError(f"no index is recorded for dataset {name!r}; build one with `ehrembed index`")
+        similar = self._similar(handle.dataset, handle.vocabulary, path)
+        handle.similar, handle.index_path = similar, path  # one assignment each: readers see old or new
+        return {"dataset": name, "index": str(path), "rows": len(similar.index), "kind": similar.index.kind}
+
+    def upsert(
+        self, name: str, events: pl.DataFrame, codes: pl.DataFrame | None, source_ids: pl.DataFrame | None
+    ) -> UpsertReport:
+        """Add or replace patients under the dataset's write lock, then refresh what depends on them."""
+        handle = self.dataset(name)
+        with handle.lock.write():
+            report = upsert_patients(handle.dataset, events, codes=codes, source_ids=source_ids)
+            handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
+            if handle.similar is not None and handle.index_path is not None:
+                handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
+            with self.session() as session:
+                register_meds(session, handle.dataset, "meds", name=name)
+        return report
+
+    # --- heads and guidelines -------------------------------------------------------------------
+
+    def head(self, head_id: str) -> FittedHead:
+        fitted = self.heads.get(head_id)
+        if fitted is None:
+            raise NotFoundError(f"unknown head {head_id!r}; fit one with POST /v1/heads")
+        return fitted
+
+    def heads_dir(self) -> Path:
+        return self.settings.home / "heads"
+
+    def _load_kb(self) -> None:
+        from ehrembed.retrieval.guidelines import GuidelineKB, default_kb_dir
+
+        folder = self.settings.guidelines_kb or default_kb_dir()
+        if (Path(folder) / "kb.json").is_file():
+            self.kb = GuidelineKB.load(folder)

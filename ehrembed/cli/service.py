@@ -1,0 +1,107 @@
+"""CLI for the service: API keys and `ehrembed serve`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import Engine
+
+from ehrembed.cli.common import JsonFlag, app, err_console, out_console, print_json, user_errors
+
+keys_app = typer.Typer(help="API keys: create (the secret is shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _engine() -> Engine:
+    from ehrembed.store.db import create_all, make_engine
+
+    engine = make_engine()
+    create_all(engine)
+    return engine
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    scope: Annotated[
+        str, typer.Option("--scope", help="read, write or admin (each includes the ones before).")
+    ] = "read",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key; its secret is printed once and only its SHA-256 is stored."""
+    from ehrembed.store.db import session_scope
+    from ehrembed.store.repository import create_api_key
+
+    engine = _engine()
+    with user_errors(), session_scope(engine) as session:
+        key, secret = create_api_key(session, name, scope)
+        data = {"id": key.id, "name": key.name, "scope": str(key.scope), "key": secret}
+    engine.dispose()
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(
+        f"created {data['scope']} key {data['name']!r} (id {data['id']}); keep it now, it is not shown again:"
+    )
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list_cmd(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False, as_json: JsonFlag = False
+) -> None:
+    """API keys (never their secrets): id, name, scope, prefix, created, last used, revoked."""
+    from ehrembed.store.db import session_scope
+    from ehrembed.store.repository import list_api_keys
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "scope": str(k.scope),
+                "prefix": k.key_prefix,
+                "created_at": k.created_at,
+                "last_used_at": k.last_used_at,
+                "revoked_at": k.revoked_at,
+            }
+            for k in list_api_keys(session, include_revoked=all_keys)
+        ]
+    engine.dispose()
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        revoked = f" revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else ""
+        out_console.print(f"{row['id']:>4} {row['name']:<24} {row['scope']:<6} {row['prefix']}…{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(key: Annotated[str, typer.Argument(help="Key id or name.")]) -> None:
+    """Revoke a key (it stops working within 10 seconds on a running service)."""
+    from ehrembed.store.db import session_scope
+    from ehrembed.store.repository import revoke_api_key
+
+    engine = _engine()
+    with user_errors(), session_scope(engine) as session:
+        row = revoke_api_key(session, int(key) if key.isdigit() else key)
+        out_console.print(f"revoked key {row.name!r} (id {row.id})")
+    engine.dispose()
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the models).")] = 1,
+) -> None:
+    """Serve the HTTP API (models, indexes and heads load once at startup)."""
+    import uvicorn
+
+    err_console.print(f"serving on http://{host}:{port} (OpenAPI at /docs); stop with Ctrl-C")
+    uvicorn.run(
+        "ehrembed.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info",
+        access_log=True,
+    )  # fmt: skip

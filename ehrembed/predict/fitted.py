@@ -1,0 +1,193 @@
+"""Heads fitted for serving: labelled examples → embedded records → a head with validation metrics.
+
+:func:`fit_head` embeds each example's record as of its prediction time with the given encoder,
+holds out the examples of patients in the tuning split for validation (hyperparameters and the
+reported metrics), fits the head on the rest, and saves it in a folder: the head's own files,
+``examples.parquet`` and ``vectors.npy`` (the training examples, for "most similar labelled
+examples" evidence) and ``card.json`` (task, dataset, encoder spec, metrics). :func:`load_fitted`
+reads it back; :meth:`FittedHead.predict` gives probabilities and the nearest labelled examples.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ehrembed import schema as s
+from ehrembed.ehr.meds import MedsDataset
+from ehrembed.encoders.base import Encoder, EncoderSpec
+from ehrembed.encoders.embeddings import PREDICTION_TIME
+from ehrembed.encoders.job import EmbedConfig, embed_records
+from ehrembed.fsutil import atomic_dir, atomic_write_text
+from ehrembed.predict.heads import HeadError, load_head, make_head
+from ehrembed.predict.heads.base import Head
+from ehrembed.predict.metrics import score
+
+CARD_FILE = "card.json"
+EXAMPLES_FILE = "examples.parquet"
+VECTORS_FILE = "vectors.npy"
+HEAD_DIR = "head"
+
+
+@dataclass
+class FittedHead:
+    """A served head: the model, its training examples and vectors, and its card."""
+
+    head_id: str
+    head: Head
+    spec: EncoderSpec
+    examples: pl.DataFrame  # subject_id, prediction_time, label
+    vectors: np.ndarray
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, vectors: np.ndarray, *, evidence: int = 3) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
+        """Positive-class probabilities and, per row, the ``evidence`` most similar labelled examples."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.spec.dim:
+            raise HeadError(f"vectors must have {self.spec.dim} columns (encoder {self.spec.name})")
+        p = self.head.predict_proba(vectors)[:, 1]
+        out: list[list[dict[str, Any]]] = []
+        if evidence > 0 and len(self.vectors):
+            sims = vectors @ self.vectors.T
+            top = np.argsort(-sims, axis=1)[:, :evidence]
+            rows = self.examples.to_dicts()
+            for i, picks in enumerate(top):
+                out.append([{**rows[j], "similarity": round(float(sims[i, j]), 4)} for j in picks])
+        else:
+            out = [[] for _ in range(len(vectors))]
+        return p, out
+
+
+def _examples_frame(examples: list[s.Label]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            s.SUBJECT_ID: [e.subject_id for e in examples],
+            PREDICTION_TIME: [e.prediction_time for e in examples],
+            "label": [bool(e.value) for e in examples],
+        },
+        schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us"), "label": pl.Boolean},
+    )
+
+
+def fit_head(
+    dataset: MedsDataset,
+    encoder: Encoder,
+    examples: list[s.Label],
+    head_kind: str,
+    out_root: Path,
+    *,
+    task: str | None = None,
+    dataset_name: str | None = None,
+    config: EmbedConfig | None = None,
+) -> FittedHead:
+    """Embed the examples, fit the head (validated on tuning-split patients) and save it under ``out_root/ID``."""
+    if not examples:
+        raise HeadError("no labelled examples to fit on")
+    frame = _examples_frame(examples).unique(subset=[s.SUBJECT_ID, PREDICTION_TIME], keep="last")
+    times: dict[int, list[dt.datetime]] = {}
+    for sid, when in frame.select(s.SUBJECT_ID, PREDICTION_TIME).iter_rows():
+        times.setdefault(int(sid), []).append(when)
+    embeddings, _report = embed_records(dataset, encoder, config or EmbedConfig(instruction=None), as_of=times)
+    found = pl.DataFrame(
+        {s.SUBJECT_ID: embeddings.subject_ids, PREDICTION_TIME: embeddings.as_of.astype("datetime64[us]")}
+    ).with_row_index("__row")
+    joined = frame.join(found, on=[s.SUBJECT_ID, PREDICTION_TIME], how="inner")
+    if joined.height < frame.height:
+        raise HeadError(
+            f"{frame.height - joined.height} example(s) could not be embedded (prediction time before birth or "
+            "no record by then)"
+        )
+    vectors = np.asarray(embeddings.vectors, dtype=np.float32)[joined.get_column("__row").to_numpy()]
+    y = joined.get_column("label").to_numpy().astype(np.int64)
+    split_of = dict(dataset.splits().select(s.SUBJECT_ID, s.SPLIT).iter_rows())
+    is_val = np.array([split_of.get(int(i)) == s.Split.TUNING.value for i in joined.get_column(s.SUBJECT_ID)])
+    if len(np.unique(y[~is_val])) < 2 or len(np.unique(y[is_val])) < 2:
+        is_val[:] = False  # too few to hold out: fit on everything, report no validation metrics
+    head = make_head(head_kind)
+    head.fit(
+        vectors[~is_val], y[~is_val], vectors[is_val] if is_val.any() else None, y[is_val] if is_val.any() else None
+    )
+    metrics: dict[str, Any] = {"validation_examples": int(is_val.sum())}
+    if is_val.any():
+        scores = score(
+            y[is_val], head.predict_proba(vectors[is_val])[:, 1], joined.get_column(s.SUBJECT_ID).to_numpy()[is_val]
+        )
+        metrics.update({k: v for k, v in scores.as_dict().items() if v is not None})
+    else:
+        metrics["note"] = "no validation metrics: the tuning-split examples do not hold both classes"
+    head_id = uuid.uuid4().hex[:12]
+    examples_out = joined.select(s.SUBJECT_ID, PREDICTION_TIME, "label")
+    card = {
+        "head_id": head_id,
+        "kind": head_kind,
+        "task": task,
+        "dataset": dataset_name or dataset.name,
+        "encoder": encoder.spec.to_dict(),
+        "encoder_fingerprint": encoder.spec.fingerprint(),
+        "serializer_version": embeddings.serializer_version,
+        "instruction": embeddings.instruction,
+        "n_examples": len(y),
+        "n_positive": int(y.sum()),
+        "n_train": int((~is_val).sum()),
+        "params": head.params,
+        "metrics": metrics,
+        "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
+    }
+    with atomic_dir(Path(out_root) / head_id) as tmp:
+        head.save(tmp / HEAD_DIR)
+        examples_out.write_parquet(tmp / EXAMPLES_FILE)
+        np.save(tmp / VECTORS_FILE, vectors)
+        atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=2, default=str) + "\n")
+    return FittedHead(head_id, head, encoder.spec, examples_out, vectors, card)
+
+
+def load_fitted(folder: Path) -> FittedHead:
+    """A head saved by :func:`fit_head`."""
+    folder = Path(folder)
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise HeadError(f"{folder} is not a fitted head (no {CARD_FILE})")
+    card = json.loads(card_path.read_text())
+    return FittedHead(
+        head_id=card["head_id"],
+        head=load_head(folder / HEAD_DIR),
+        spec=EncoderSpec.from_dict(card["encoder"]),
+        examples=pl.read_parquet(folder / EXAMPLES_FILE),
+        vectors=np.load(folder / VECTORS_FILE),
+        card=card,
+    )
+
+
+def embed_for_head(
+    fitted: FittedHead,
+    encoder: Encoder,
+    dataset: MedsDataset | None = None,
+    *,
+    subject_ids: list[int] | None = None,
+    as_of: dt.datetime | None = None,
+    records: list[str] | None = None,
+) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
+    """Vectors the head can score, made the way its training examples were (same encoder and instruction):
+    stored subjects' records as of ``as_of`` (default each one's latest), or inline record texts."""
+    if encoder.spec.fingerprint() != fitted.spec.fingerprint():
+        raise HeadError(f"head {fitted.head_id} was fitted on encoder {fitted.spec.name}, not {encoder.spec.name}")
+    instruction = fitted.card.get("instruction")
+    if records is not None:
+        return encoder.encode(records, instruction=instruction), [None] * len(records), [None] * len(records)
+    if dataset is None or subject_ids is None:
+        raise HeadError("give subject ids with their dataset, or inline records")
+    embeddings, report = embed_records(
+        dataset, encoder, EmbedConfig(instruction=instruction), subject_ids=subject_ids, as_of=as_of
+    )
+    if report.skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
+        raise HeadError(f"some subjects have no record to score ({reasons})")
+    times: list[dt.datetime | None] = [t.astype("datetime64[us]").item() for t in embeddings.as_of]
+    return np.asarray(embeddings.vectors, dtype=np.float32), [int(i) for i in embeddings.subject_ids], times

@@ -1,0 +1,65 @@
+"""A served synthetic dataset: store, tiny student encoder, index, embeddings, guidelines and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ehrembed.api import create_app
+from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.synth import SynthConfig, generate_cohort
+from ehrembed.encoders.job import EmbedConfig, embed_dataset
+from ehrembed.encoders.student import StudentEncoder
+from ehrembed.retrieval.guidelines import RetrievalModelConfig, build_knowledge_base
+from ehrembed.retrieval.index import build_index
+from ehrembed.settings import Settings
+from ehrembed.store.catalog import record_artifact, register_meds
+from ehrembed.store.db import create_all, make_engine, session_scope
+from ehrembed.store.repository import create_api_key
+
+
+@dataclass
+class Served:
+    client: TestClient
+    settings: Settings
+    dataset: MedsDataset
+    keys: dict[str, str]
+
+    def headers(self, scope: str = "read") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[scope]}"}
+
+
+@pytest.fixture(scope="package")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("api_home")
+    guidelines = home / "guidelines_md"
+    guidelines.mkdir()
+    (guidelines / "htn.md").write_text("# Hypertension\n\n## Treatment\n\nStart an ACE inhibitor for hypertension.\n")
+    (guidelines / "dm.md").write_text("# Diabetes\n\n## Glucose\n\nMetformin first; HbA1c target below 7%.\n")
+    settings = Settings(home=home, api_encoders=(), guidelines_kb=home / "kb")
+    data = home / "synth"
+    generate_cohort(SynthConfig(n_subjects=120, seed=3), data)
+    dataset = MedsDataset.open(data)
+    encoder = StudentEncoder.from_folder(tiny_student_dir)
+    embed_dataset(dataset, encoder, home / "emb", EmbedConfig(instruction=None, cache_dir=home / "cache"))
+    from ehrembed.encoders.embeddings import EmbeddingSet
+
+    build_index(EmbeddingSet.load(home / "emb"), home / "index")
+    build_knowledge_base(guidelines, RetrievalModelConfig.minilm(tiny_student_dir)).save(home / "kb")
+    engine = make_engine(settings.resolved_database_url)
+    create_all(engine)
+    keys = {}
+    with session_scope(engine) as session:
+        register_meds(session, dataset, "synth", name="demo")
+        record_artifact(session, "model", "tiny", tiny_student_dir, encoder.spec.to_dict(), "demo")
+        record_artifact(session, "embeddings", "tiny-emb", home / "emb", encoder.spec.to_dict(), "demo")
+        record_artifact(session, "index", "demo-index", home / "index", {}, "demo")
+        for scope in ("read", "write", "admin"):
+            keys[scope] = create_api_key(session, f"test-{scope}", scope)[1]
+    engine.dispose()
+    with TestClient(create_app(settings)) as client:
+        yield Served(client, settings, dataset, keys)
