@@ -50,6 +50,9 @@ def embed_cmd(
     max_tokens: Annotated[int | None, typer.Option(min=8, help="Encoder token window (default: the model's).")] = None,
     fmt: FormatOption = RecordFormat.markdown,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Records encoded between cache writes (what a killed job can lose).")
+    ] = 256,
     limit: Annotated[int | None, typer.Option(min=1, help="Embed only the first N subjects.")] = None,
     guidelines: Annotated[
         bool,
@@ -62,6 +65,16 @@ def embed_cmd(
     guidelines_kb: Annotated[
         Path | None, typer.Option("--guidelines-kb", help="Knowledge base for --guidelines (default: the built one).")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Run on Ray: 'local' (a local Ray instance), 'auto' (the running cluster) or ray://HOST:10001.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option("--ray-actors", min=1, help="Encoder actors (default: one per GPU, else per CPU).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Serialize every patient and embed the records (cached and resumable; re-runs only do new work)."""
@@ -69,46 +82,100 @@ def embed_cmd(
     from ehrembed.ehr.serialize import SerializerConfig
     from ehrembed.encoders import load_encoder
     from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+    from ehrembed.encoders.embeddings import EmbeddingSet
     from ehrembed.encoders.job import EmbedConfig, embed_dataset
 
     when = parse_time(as_of, "--as-of")
     with user_errors():
         ds = MedsDataset.open(dataset)
         kwargs: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
-        with steps_progress() as spinner:
-            spinner.add_task(f"loading encoder {encoder}")
-            model = load_encoder(encoder, **kwargs)
-        config = EmbedConfig(
-            instruction=instruction or (DEFAULT_INSTRUCTION if model.spec.instruction_template else None),
-            serializer=SerializerConfig(format=fmt.value),
-            batch_size=batch_size,
-            guidelines=_guideline_augmentation(guidelines, guidelines_kb),
-        )
         subjects = ds.subject_ids()[:limit] if limit else None
-        with bar_progress(f"embedding with {model.spec.name}") as progress:
-            task = progress.add_task("records", total=len(subjects) if subjects else len(ds.subject_ids()))
-            report = embed_dataset(
-                ds,
-                model,
-                out,
-                config,
-                subject_ids=subjects,
-                as_of=when,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
+        total = len(subjects) if subjects else len(ds.subject_ids())
+        if ray_address is not None:
+            report = _embed_on_ray(
+                ds, encoder, out, kwargs, instruction, fmt, batch_size, guidelines, guidelines_kb,
+                ray_address, ray_actors, subjects, when,
+            )  # fmt: skip
+        else:
+            with steps_progress() as spinner:
+                spinner.add_task(f"loading encoder {encoder}")
+                model = load_encoder(encoder, **kwargs)
+            config = EmbedConfig(
+                instruction=instruction or (DEFAULT_INSTRUCTION if model.spec.instruction_template else None),
+                serializer=SerializerConfig(format=fmt.value),
+                batch_size=batch_size,
+                chunk_size=chunk_size,
+                guidelines=_guideline_augmentation(guidelines, guidelines_kb),
             )
-        record_artifact("embeddings", out.name, out, model.spec.to_dict(), ds.name)
+            with bar_progress(f"embedding with {model.spec.name}") as progress:
+                task = progress.add_task("records", total=total)
+                report = embed_dataset(
+                    ds,
+                    model,
+                    out,
+                    config,
+                    subject_ids=subjects,
+                    as_of=when,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+        written = EmbeddingSet.load(out)
+        record_artifact("embeddings", out.name, out, written.spec.to_dict(), ds.name)
     data = report.as_dict()
     if as_json:
         print_json(data)
         return
     out_console.print(
-        f"[green]wrote[/] {out}: {data['rows']:,} vectors of dim {model.spec.dim} "
+        f"[green]wrote[/] {out}: {data['rows']:,} vectors of dim {written.dim} "
         f"({data['encoded']:,} encoded, {data['cached']:,} from cache) in {data['seconds']:.1f}s"
     )
     if data["truncated_records"]:
         out_console.print(f"  {data['truncated_records']:,} records were cut to fit the token window (oldest first)")
     for reason, n in data["skipped"].items():
         out_console.print(f"  skipped {n:,}: {reason}")
+
+
+def _embed_on_ray(
+    ds: Any,
+    encoder: str,
+    out: Path,
+    kwargs: dict[str, Any],
+    instruction: str | None,
+    fmt: RecordFormat,
+    batch_size: int,
+    guidelines: bool,
+    guidelines_kb: Path | None,
+    address: str,
+    actors: int | None,
+    subjects: list[int] | None,
+    when: Any,
+) -> Any:
+    """The embed command's Ray path: shards → actor pool (see ehrembed.encoders.distributed)."""
+    from ehrembed.ehr.serialize import SerializerConfig
+    from ehrembed.encoders import encoder_kind
+    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+    from ehrembed.encoders.distributed import embed_dataset_ray
+    from ehrembed.encoders.job import EmbedConfig
+
+    config = EmbedConfig(
+        instruction=instruction or (DEFAULT_INSTRUCTION if encoder_kind(encoder) == "teacher" else None),
+        serializer=SerializerConfig(format=fmt.value),
+        batch_size=batch_size,
+        guidelines=_guideline_augmentation(guidelines, guidelines_kb),
+    )
+    with bar_progress(f"embedding {encoder} on Ray ({address})") as progress:
+        task = progress.add_task("shards", total=len(ds.shards))
+        return embed_dataset_ray(
+            ds,
+            encoder,
+            out,
+            config,
+            encoder_kwargs=kwargs,
+            address=None if address == "local" else address,
+            num_actors=actors,
+            subject_ids=subjects,
+            as_of=when,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
 
 
 @app.command("distill")

@@ -105,3 +105,32 @@ def serve_cmd(
         "ehrembed.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info",
         access_log=True,
     )  # fmt: skip
+
+
+db_app = typer.Typer(help="The store's schema: upgrade it to the newest revision, or show the current one.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade_cmd() -> None:
+    """Migrate the store (EHREMBED_DATABASE_URL, else the SQLite file under EHREMBED_HOME) to the newest schema."""
+    from ehrembed.store.db import current_revision, make_engine, migrate
+
+    engine = make_engine()
+    with user_errors():
+        before = current_revision(engine)
+        migrate(engine)
+        after = current_revision(engine)
+    engine.dispose()
+    out_console.print(f"schema revision {before or 'none'} → {after}")
+
+
+@db_app.command("current")
+def db_current_cmd() -> None:
+    """Print the store's schema revision ('none' before the first migration)."""
+    from ehrembed.store.db import current_revision, make_engine
+
+    engine = make_engine()
+    with user_errors():
+        print(current_revision(engine) or "none")
+    engine.dispose()

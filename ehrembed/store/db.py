@@ -12,20 +12,20 @@ readable after it ends.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ehrembed.settings import get_settings
 from ehrembed.store.errors import StoreError
-from ehrembed.store.tables import Base
 
 _URL_HELP = (
     "set EHREMBED_DATABASE_URL to a SQLAlchemy URL such as "
@@ -94,14 +94,60 @@ def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
     return engine
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 7_215_403  # pg_advisory_xact_lock key: one migrating process at a time
+_MIGRATION_THREAD_LOCK = threading.Lock()  # Alembic's context is process-global: one migrating thread at a time
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None: no ehrembed schema yet)."""
+    with engine.connect() as conn:
+        if "alembic_version" not in inspect(conn).get_table_names():
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def create_all(engine: Engine) -> None:
-    """Create every missing table and index (existing ones are left alone, so it is idempotent)."""
+    """Bring the database to the newest schema revision (Alembic migrations; idempotent and cheap when current).
+
+    A database made before migrations existed (tables but no ``alembic_version``) is stamped at the
+    first revision, then upgraded. On PostgreSQL an advisory lock lets one process migrate at a time.
+    """
     try:
-        with engine.connect():
-            pass
+        revision = current_revision(engine)
     except DBAPIError as exc:
         raise StoreError(f"cannot connect to database {_describe(engine.url)}: {exc.orig}; {_URL_HELP}") from None
-    Base.metadata.create_all(engine)
+    if revision is not None and revision == _head_revision():
+        return
+    migrate(engine)
+
+
+def migrate(engine: Engine, target: str = "head") -> None:
+    """Run the Alembic migrations up to ``target`` on ``engine``."""
+    from alembic import command
+    from alembic.config import Config
+
+    try:
+        with _MIGRATION_THREAD_LOCK, engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" not in tables and "datasets" in tables:
+                command.stamp(config, "0001")
+            command.upgrade(config, target)
+    except OperationalError:
+        # Another process migrated the same SQLite file at the same moment: fine if it reached the head.
+        if current_revision(engine) != _head_revision():
+            raise
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -277,7 +277,7 @@ def test_upsert_patients_events_and_bundle(served: Served) -> None:
     assert "hypertension" in record
     again = c.post(
         "/v1/datasets/demo/patients",
-        json={"events": events[:2] + [{**events[2], "code": "ICD10CM/E11.9"}]},
+        json={"events": [*events[:2], {**events[2], "code": "ICD10CM/E11.9"}]},
         headers=served.headers("write"),
     )
     assert again.json()["replaced"] == [new_id]
@@ -293,7 +293,7 @@ def test_upsert_patients_events_and_bundle(served: Served) -> None:
         "entry": [
             {"resource": {"resourceType": "Patient", "id": "p-1", "gender": "male", "birthDate": "1970-02-03"}},
             {"resource": {"resourceType": "Condition", "id": "c-1", "subject": {"reference": "Patient/p-1"},
-                          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+                          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
                           "onsetDateTime": "2020-05-01"}},
         ],
     }  # fmt: skip
@@ -361,8 +361,10 @@ def test_index_swap_does_not_fail_searches_in_flight(served: Served) -> None:
 def test_openapi_documents_every_route(served: Served) -> None:
     spec = served.client.get("/openapi.json").json()
     paths = set(spec["paths"])
-    for path in ("/v1/datasets/{dataset}/patients", "/v1/patients/{subject_id}/record", "/v1/embeddings",
-                 "/v1/embeddings/export", "/v1/patients/{subject_id}/similar", "/v1/similar", "/v1/tasks",
-                 "/v1/heads", "/v1/heads/{head_id}/predict", "/v1/guidelines/search", "/healthz", "/readyz", "/metrics"):  # fmt: skip
-        assert path in paths, path
+    expected = (
+        "/v1/datasets/{dataset}/patients", "/v1/patients/{subject_id}/record", "/v1/embeddings",
+        "/v1/embeddings/export", "/v1/patients/{subject_id}/similar", "/v1/similar", "/v1/tasks", "/v1/heads",
+        "/v1/heads/{head_id}/predict", "/v1/guidelines/search", "/healthz", "/readyz", "/metrics",
+    )  # fmt: skip
+    assert set(expected) <= paths, set(expected) - paths
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

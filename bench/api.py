@@ -1,0 +1,205 @@
+"""Load test of the HTTP API on loopback: similar search, predict and export under concurrent clients.
+
+Setup (once per run, in a temporary data home): a synthetic cohort (``--patients``, default 2,000),
+embedded with the packaged MiniLM student at a 128-token window, indexed, registered in a SQLite
+store, with a read and a write API key and a logistic head fitted on 200 labelled examples. Then
+``ehrembed serve`` runs in its own process (uvicorn, one worker) and ``--clients`` threads (default 8)
+send requests for ``--seconds`` each:
+
+- ``similar``: ``GET /v1/patients/{id}/similar?k=10`` for random stored patients;
+- ``predict``: ``POST /v1/heads/{id}/predict`` for one random stored patient (its record is
+  serialized and embedded on the fly, plus evidence and guideline passages);
+- ``export``: ``GET /v1/embeddings/export?format=parquet`` (the whole embedding set).
+
+Reported per endpoint: requests, errors (non-2xx or transport), throughput, and latency p50/p90/p99
+measured at the client. Targets on a 2-core machine: similar p99 ≤ 50 ms and ≥ 200 requests/s,
+zero errors. Run ``.venv/bin/python bench/api.py``; figures go to bench/results/api.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import save
+
+TARGETS = {"similar_p99_ms": 50.0, "similar_rps": 200.0, "errors": 0}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare(home: Path, patients: int) -> dict[str, Any]:
+    """Dataset, embeddings, index, store rows, keys and a head in ``home``."""
+    os.environ["EHREMBED_HOME"] = str(home)
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.synth import SynthConfig, generate_cohort
+    from ehrembed.encoders.embeddings import EmbeddingSet
+    from ehrembed.encoders.job import EmbedConfig, embed_dataset
+    from ehrembed.encoders.student import StudentEncoder
+    from ehrembed.predict.fitted import fit_head
+    from ehrembed.retrieval.index import build_index
+    from ehrembed.schema import Label
+    from ehrembed.store.catalog import record_artifact, register_meds
+    from ehrembed.store.db import create_all, make_engine, session_scope
+    from ehrembed.store.repository import create_api_key
+
+    started = time.perf_counter()
+    data = home / "synth"
+    generate_cohort(SynthConfig(n_subjects=patients, seed=7), data)
+    dataset = MedsDataset.open(data)
+    encoder = StudentEncoder.from_folder(max_tokens=128)
+    embed_dataset(dataset, encoder, home / "emb", EmbedConfig(instruction=None, batch_size=32))
+    embeddings = EmbeddingSet.load(home / "emb")
+    build_index(embeddings, home / "index")
+    ids = [int(i) for i in embeddings.subject_ids]
+    rng = random.Random(0)
+    examples = [
+        Label(sid, embeddings.as_of[i].astype("datetime64[us]").item(), rng.random() < 0.3)
+        for i, sid in enumerate(ids[:200])
+    ]
+    fitted = fit_head(dataset, encoder, examples, "logistic", home / "heads", dataset_name="bench")
+    engine = make_engine()
+    create_all(engine)
+    with session_scope(engine) as session:
+        register_meds(session, dataset, "synth", name="bench")
+        record_artifact(session, "embeddings", "minilm", home / "emb", encoder.spec.to_dict(), "bench")
+        record_artifact(session, "index", "bench-index", home / "index", {}, "bench")
+        record_artifact(session, "head", fitted.head_id, home / "heads" / fitted.head_id, fitted.card, "bench")
+        read_key = create_api_key(session, "bench-read", "read")[1]
+    engine.dispose()
+    return {"ids": ids, "head": fitted.head_id, "key": read_key, "setup_seconds": time.perf_counter() - started}
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None}
+    arr = np.asarray(samples) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(arr, q)), 2) for q in (50, 90, 99)}
+
+
+def load(base: str, key: str, make_request: Any, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads each sending requests back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30.0) as client:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    response = make_request(client, rng)
+                    ok = 200 <= response.status_code < 300
+                    detail = f"{response.status_code}: {response.text[:120]}"
+                except httpx.HTTPError as exc:
+                    ok, detail = False, type(exc).__name__
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    if not ok:
+                        errors.append(detail)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - wall
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "requests_per_second": round(len(latencies) / wall, 1),
+        **_percentiles(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="ehrembed-bench-api-"))
+    setup = prepare(home, args.patients)
+    ids, head, key = setup["ids"], setup["head"], setup["key"]
+    port = _free_port()
+    env = {**os.environ, "EHREMBED_HOME": str(home), "EHREMBED_API_ENCODERS": "[]"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ehrembed.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit("the server did not become ready within two minutes")
+        scenarios = {
+            "similar": lambda c, r: c.get(
+                f"/v1/patients/{r.choice(ids)}/similar", params={"dataset": "bench", "k": 10}
+            ),
+            "predict": lambda c, r: c.post(f"/v1/heads/{head}/predict", json={"subject_ids": [r.choice(ids)]}),
+            "export": lambda c, r: c.get(
+                "/v1/embeddings/export", params={"dataset": "bench", "encoder": "minilm", "format": "parquet"}
+            ),
+        }
+        results = {}
+        for name, request in scenarios.items():
+            load(base, key, request, 2, 2.0)  # warm up caches and the threadpool
+            results[name] = load(base, key, request, args.clients, args.seconds)
+            print(name, results[name], flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    similar = results["similar"]
+    met = {
+        "similar_p99_ms": similar["p99_ms"] is not None and similar["p99_ms"] <= TARGETS["similar_p99_ms"],
+        "similar_rps": similar["requests_per_second"] >= TARGETS["similar_rps"],
+        "errors": all(r["errors"] == 0 for r in results.values()),
+    }
+    save(
+        "api",
+        {
+            "command": "python bench/api.py " + " ".join(sys.argv[1:]),
+            "patients": args.patients,
+            "seconds_per_scenario": args.seconds,
+            "setup_seconds": round(setup["setup_seconds"], 1),
+            "results": results,
+            "targets": TARGETS,
+            "targets_met": met,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

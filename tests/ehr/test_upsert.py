@@ -1,0 +1,102 @@
+"""In-place patient upserts: add, replace wholesale, and survive a crash at any step."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ehrembed import schema as s
+from ehrembed.ehr import upsert as up
+from ehrembed.ehr.meds import MedsDataset, MedsError
+from ehrembed.ehr.synth import SynthConfig, generate_cohort
+from ehrembed.fsutil import sha256_file
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> MedsDataset:
+    generate_cohort(SynthConfig(n_subjects=30, seed=1, shard_subjects=10), tmp_path / "meds")
+    return MedsDataset.open(tmp_path / "meds")
+
+
+def _events(subject: int, code: str) -> pl.DataFrame:
+    return up.events_frame(
+        [
+            {"subject_id": subject, "time": None, "code": "Gender/M"},
+            {"subject_id": subject, "time": dt.datetime(1970, 1, 1), "code": s.BIRTH_CODE},
+            {"subject_id": subject, "time": dt.datetime(2021, 1, 1), "code": code},
+        ]
+    )
+
+
+def _consistent(ds: MedsDataset) -> pl.DataFrame:
+    per_shard = [
+        pl.read_parquet(p, columns=[s.SUBJECT_ID]).unique().with_columns(pl.lit(p.name).alias("shard"))
+        for p in ds.shards
+    ]
+    owners = pl.concat(per_shard).group_by(s.SUBJECT_ID).agg(pl.len().alias("shards"))
+    assert owners.get_column("shards").max() == 1  # every subject in exactly one shard
+    return owners
+
+
+def test_add_then_replace(dataset: MedsDataset) -> None:
+    existing = dataset.subject_ids()[4]
+    report = up.upsert_patients(
+        dataset, pl.concat([_events(10_001, "ICD10CM/I10"), _events(existing, "ICD10CM/E11.9")])
+    )
+    assert report.added == [10_001] and report.replaced == [existing]
+    ds = MedsDataset.open(dataset.root)
+    _consistent(ds)
+    assert [e.code for e in ds.patient(existing).events][-1] == "ICD10CM/E11.9"
+    assert len(ds.patient(existing).events) == 3  # the old history is gone: replaced wholesale
+    assert 10_001 in ds.subject_ids()
+    assert ds.splits().filter(pl.col(s.SUBJECT_ID) == 10_001).height == 1
+    assert "ICD10CM/I10" in ds.codes().get_column(s.CODE).to_list()
+
+
+def test_bad_input_writes_nothing(dataset: MedsDataset) -> None:
+    before = sha256_file(dataset.root)
+    with pytest.raises(MedsError):
+        up.upsert_patients(dataset, pl.DataFrame({s.SUBJECT_ID: [1], s.TIME: [None]}))
+    assert sha256_file(dataset.root) == before
+
+
+def test_crash_before_the_journal_keeps_the_old_dataset(dataset: MedsDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = sha256_file(dataset.root / "data")
+    target = dataset.subject_ids()[0]
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(up, "atomic_write_text", boom)
+    with pytest.raises(OSError):
+        up.upsert_patients(dataset, _events(target, "ICD10CM/I10"))
+    monkeypatch.undo()
+    ds = MedsDataset.open(dataset.root)
+    up.recover(ds.root)  # drops the stray temp files
+    assert sha256_file(ds.root / "data") == before
+    assert not list(ds.root.rglob("*.tmp"))
+
+
+def test_crash_during_the_renames_is_finished_on_open(dataset: MedsDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = dataset.subject_ids()[0]
+    real_replace = up.os.replace
+    calls = {"n": 0}
+
+    def crash_after_one(src: object, dst: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("power cut")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(up.os, "replace", crash_after_one)
+    with pytest.raises(OSError, match="power cut"):
+        up.upsert_patients(dataset, _events(target, "ICD10CM/I48.91"))
+    monkeypatch.undo()
+    assert (dataset.root / up.JOURNAL).exists()
+    ds = MedsDataset.open(dataset.root)  # replays the journal
+    assert not (ds.root / up.JOURNAL).exists()
+    _consistent(ds)
+    assert [e.code for e in ds.patient(target).events][-1] == "ICD10CM/I48.91"
