@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ehrembed-bench-api-"))
     setup = prepare(home, args.patients)
@@ -148,7 +149,7 @@ def main() -> None:
     port = _free_port()
     env = {**os.environ, "EHREMBED_HOME": str(home), "EHREMBED_API_ENCODERS": "[]"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "ehrembed.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ehrembed.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -192,6 +193,7 @@ def main() -> None:
         {
             "command": "python bench/api.py " + " ".join(sys.argv[1:]),
             "patients": args.patients,
+            "server_workers": args.workers,
             "seconds_per_scenario": args.seconds,
             "setup_seconds": round(setup["setup_seconds"], 1),
             "results": results,

@@ -191,9 +191,7 @@ class ServiceState:
     def _similar(self, dataset: MedsDataset, vocabulary: Vocabulary, path: Path) -> SimilarPatients:
         index = VectorIndex.load(path)
         encoder = self.encoder_for(index.spec) if index.spec is not None else None
-        similar = SimilarPatients(index, dataset, vocabulary=vocabulary, encoder=encoder)
-        similar.attributes  # noqa: B018 - load subject attributes now, not on the first request
-        return similar
+        return SimilarPatients(index, dataset, vocabulary=vocabulary, encoder=encoder).warm()
 
     def _open_dataset(self, name: str, path: Path) -> DatasetHandle:
         dataset = MedsDataset.open(path)

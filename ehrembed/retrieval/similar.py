@@ -93,6 +93,10 @@ class SharedCode:
     domain: str
 
 
+def _shared(code: SharedCode) -> dict[str, str]:
+    return {"code": code.code, "description": code.description, "domain": code.domain}
+
+
 @dataclass(frozen=True)
 class Explanation:
     """What a neighbour shares with the query: up to a few codes per domain and the totals.
@@ -170,6 +174,33 @@ class SimilarResult:
         for neighbor, original in zip(data["neighbors"], self.neighbors, strict=True):
             neighbor["explanation"]["summary"] = original.explanation.summary
         return data
+
+    def neighbors_json(self) -> list[dict[str, Any]]:
+        """The neighbours as JSON-ready dicts (times as ISO strings), built directly: the API's hot path."""
+        out = []
+        for n in self.neighbors:
+            e = n.explanation
+            out.append(
+                {
+                    "rank": n.rank,
+                    "subject_id": n.subject_id,
+                    "prediction_time": n.prediction_time.isoformat() if n.prediction_time else None,
+                    "score": n.score,
+                    "split": n.split,
+                    "sex": n.sex,
+                    "age": n.age,
+                    "explanation": {
+                        "conditions": [_shared(c) for c in e.conditions],
+                        "medications": [_shared(c) for c in e.medications],
+                        "procedures": [_shared(c) for c in e.procedures],
+                        "n_conditions": e.n_conditions,
+                        "n_medications": e.n_medications,
+                        "n_procedures": e.n_procedures,
+                        "summary": e.summary,
+                    },
+                }
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -268,6 +299,7 @@ class SimilarPatients:
         self._code_times: dict[str, pl.DataFrame] = {}
         self._rows_key: tuple[int, int] | None = None
         self._code_counts: dict[str, int] | None = None
+        self._seen_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._several = False
 
     @property
@@ -275,6 +307,13 @@ class SimilarPatients:
         if self._attributes is None:
             self._attributes = SubjectAttributes.from_dataset(self.dataset)
         return self._attributes
+
+    def warm(self) -> SimilarPatients:
+        """Read now what the first query would otherwise read: attributes, code index, prevalence."""
+        self.attributes  # noqa: B018
+        self._first_seen()
+        self._prevalence()
+        return self
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -304,8 +343,7 @@ class SimilarPatients:
             vector = self._stored_vector(index_id, subject_id, when)
         else:
             vector, when = self._embed_subject(subject_id, as_of, has_rows=len(row_ids) > 0)
-        patient = self.dataset.patient(subject_id)
-        query_codes = self._record_codes(patient, when)
+        query_codes: dict[str, Any] = self._codes_at(subject_id, when)
         query = SimilarQuery(subject_id=subject_id, as_of=when, index_id=index_id)
         return self._search(vector, k, filters, query, exclude_subject=subject_id, query_codes=query_codes)
 
@@ -488,17 +526,40 @@ class SimilarPatients:
 
     # --- explanations ---------------------------------------------------------------------------
 
-    def _record_codes(self, patient: s.Patient, as_of: dt.datetime | None) -> dict[str, dt.datetime | None]:
-        """Explained codes in a record at or before ``as_of``, each with its latest time."""
-        events = patient.events if as_of is None else patient.events_until(as_of)
-        latest: dict[str, dt.datetime | None] = {}
-        for event in events:
-            if self.vocabulary.domain(event.code) not in EXPLAINED_DOMAINS:
-                continue
-            previous = latest.get(event.code)
-            if event.code not in latest or (event.time is not None and (previous is None or event.time > previous)):
-                latest[event.code] = event.time
-        return latest
+    def _first_seen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (subject, explained code) with the code's first time, sorted by subject (read once).
+
+        Explanations only ask which explained codes a record holds at its time, so one pass over the
+        dataset answers every later query by a binary search instead of reading patients.
+        """
+        if self._seen_index is None:
+            codes = self.dataset.scan().select(pl.col(s.CODE).unique()).collect().get_column(s.CODE).to_list()
+            explained = [c for c in codes if self.vocabulary.domain(c) in EXPLAINED_DOMAINS]
+            frame = (
+                self.dataset.scan()
+                .filter(pl.col(s.CODE).is_in(explained))
+                .group_by(s.SUBJECT_ID, s.CODE)
+                .agg(pl.col(s.TIME).min().alias("first"), pl.col(s.TIME).is_null().any().alias("static"))
+                .with_columns(pl.when(pl.col("static")).then(None).otherwise(pl.col("first")).alias("first"))
+                .sort(s.SUBJECT_ID, s.CODE)
+                .collect()
+            )
+            self._seen_index = (
+                frame.get_column(s.SUBJECT_ID).to_numpy().astype(np.int64),
+                np.asarray(frame.get_column(s.CODE).to_list(), dtype=object),
+                frame.get_column("first").cast(pl.Datetime("us")).to_numpy().astype("datetime64[us]"),
+            )
+        return self._seen_index
+
+    def _codes_at(self, subject_id: int, as_of: dt.datetime | np.datetime64 | None) -> dict[str, None]:
+        """The explained codes of a subject's record at or before ``as_of`` (static ones always)."""
+        subjects, codes, first = self._first_seen()
+        lo, hi = np.searchsorted(subjects, subject_id, "left"), np.searchsorted(subjects, subject_id, "right")
+        picked, times = codes[lo:hi], first[lo:hi]
+        if as_of is not None:
+            limit = np.asarray(as_of, dtype="datetime64[us]")
+            picked = picked[np.isnat(times) | (times <= limit)]
+        return dict.fromkeys(picked.tolist())
 
     def _explain(
         self,
@@ -506,19 +567,14 @@ class SimilarPatients:
         query_codes: dict[str, dt.datetime | None] | None,
         query_text: str | None,
     ) -> list[Neighbor]:
-        subjects = [subject for _, subject, _, _ in chosen]
-        patients: dict[int, s.Patient] = {}
-        if subjects and (query_codes is not None or query_text is not None):
-            patients = {p.subject_id: p for p in self.dataset.iter_patients(subjects)}
         attrs = self.attributes if chosen else None
         neighbors = []
         lowered = query_text.lower() if query_text else None
         for rank, (index_id, subject, time, score) in enumerate(chosen, start=1):
             when = _to_datetime(time)
             explanation = Explanation()
-            patient = patients.get(subject)
-            if patient is not None:
-                codes = self._record_codes(patient, when)
+            if query_codes is not None or lowered is not None:
+                codes = self._codes_at(subject, when)
                 if query_codes is not None:
                     shared = [code for code in codes if code in query_codes]
                 else:

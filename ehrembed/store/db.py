@@ -58,6 +58,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database answers 'memory'; fine
+        # WAL + NORMAL: a commit survives a process crash and the file stays consistent; only an OS crash
+        # or power loss can drop the last commits (PostgreSQL is the store where that matters).
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.fetchall()
     finally:
         cursor.close()

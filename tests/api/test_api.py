@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from ehrembed.api.schemas import SimilarOut
 from ehrembed.fsutil import sha256_file
 from ehrembed.store.db import make_engine, session_scope
 from ehrembed.store.repository import list_audit
@@ -89,6 +90,7 @@ def test_similar_by_subject_excludes_itself_and_filters(served: Served) -> None:
     res = c.get(f"/v1/patients/{sid}/similar", params={"dataset": "demo", "k": 5}, headers=served.headers())
     assert res.status_code == 200, res.text
     body = res.json()
+    SimilarOut.model_validate(body)  # the hand-built body matches the documented schema
     assert len(body["neighbors"]) == 5 and sid not in [n["subject_id"] for n in body["neighbors"]]
     assert "summary" in body["neighbors"][0]["explanation"]
     women = c.get(

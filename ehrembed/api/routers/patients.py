@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import polars as pl
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit
 from ehrembed.api.errors import ApiError
@@ -55,14 +56,17 @@ def _filters(body: FiltersIn) -> SimilarFilters:
     )
 
 
-def _similar_out(dataset: str, result: SimilarResult) -> SimilarOut:
-    data: dict[str, Any] = result.as_dict()
-    return SimilarOut(
-        dataset=dataset,
-        subject_id=result.query.subject_id,
-        as_of=result.query.as_of,
-        k=result.k,
-        neighbors=data["neighbors"],
+def _similar_out(dataset: str, result: SimilarResult) -> JSONResponse:
+    """The :class:`SimilarOut` body, built directly (similar search is the hottest path; tests check the shape)."""
+    as_of = result.query.as_of
+    return JSONResponse(
+        {
+            "dataset": dataset,
+            "subject_id": result.query.subject_id,
+            "as_of": as_of.isoformat() if as_of else None,
+            "k": result.k,
+            "neighbors": result.neighbors_json(),
+        }
     )
 
 
@@ -99,7 +103,7 @@ def similar_to_subject(
     min_age: Annotated[float | None, Query(ge=0, le=150)] = None,
     max_age: Annotated[float | None, Query(ge=0, le=150)] = None,
     has_code: Annotated[list[str] | None, Query(max_length=20)] = None,
-) -> SimilarOut:
+) -> JSONResponse:
     """The k most similar patients (never the subject itself), with what their records share."""
     audit(request, dataset, [subject_id])
     handle = state.dataset(dataset)
@@ -120,7 +124,7 @@ def similar_to_subject(
 
 
 @router.post("/similar", response_model=SimilarOut)
-def similar_to_record(body: SimilarIn, state: StateDep, request: Request, _key: ReadKey) -> SimilarOut:
+def similar_to_record(body: SimilarIn, state: StateDep, request: Request, _key: ReadKey) -> JSONResponse:
     """The k patients most similar to an inline record text (embedded with the index's encoder)."""
     handle = state.dataset(body.dataset)
     similar = handle.similar
