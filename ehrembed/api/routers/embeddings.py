@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ehrembed.api.deps import ReadKey, StateDep, audit
+from ehrembed.api.deps import ReadKey, StateDep, audit, require_subjects
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut
 from ehrembed.encoders.base import DEFAULT_INSTRUCTION
@@ -38,10 +38,7 @@ def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) 
     handle = state.dataset(body.dataset)
     as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
     with handle.lock.read():
-        known = set(handle.dataset.splits().get_column("subject_id").to_list())
-        unknown = [i for i in body.subject_ids if i not in known]
-        if unknown:
-            raise ApiError(404, f"subject {unknown[0]} is not in dataset {body.dataset}", "subject_ids")
+        require_subjects(handle, body.subject_ids, "subject_ids")
         embeddings, report = embed_records(
             handle.dataset, encoder, EmbedConfig(instruction=instruction), subject_ids=body.subject_ids, as_of=as_of
         )

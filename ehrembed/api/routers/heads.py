@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit
+from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
 from ehrembed.api.state import ServiceState
@@ -64,10 +64,7 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
             examples = labels.labels
         else:
             assert body.examples is not None
-            known = set(handle.dataset.splits().get_column("subject_id").to_list())
-            unknown = [e.subject_id for e in body.examples if e.subject_id not in known]
-            if unknown:
-                raise ApiError(404, f"subject {unknown[0]} is not in dataset {body.dataset}", "examples")
+            require_subjects(handle, [e.subject_id for e in body.examples], "examples")
             examples = [Label(e.subject_id, e.prediction_time.replace(tzinfo=None), e.label) for e in body.examples]
         audit(request, body.dataset, sorted({e.subject_id for e in examples}))
         fitted = fit_head(
@@ -112,10 +109,7 @@ def predict(
         audit(request, dataset, body.subject_ids)
         handle = state.dataset(dataset)
         with handle.lock.read():
-            known = set(handle.dataset.splits().get_column("subject_id").to_list())
-            unknown = [i for i in body.subject_ids if i not in known]
-            if unknown:
-                raise ApiError(404, f"subject {unknown[0]} is not in dataset {dataset}", "subject_ids")
+            require_subjects(handle, body.subject_ids, "subject_ids")
             as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
