@@ -26,33 +26,55 @@ from ehrembed.cli.common import (
 @app.command("index")
 def index_cmd(
     dataset: Annotated[Path, typer.Argument(help="The MEDS folder the embeddings were made from.")],
-    embeddings: Annotated[Path, typer.Option("--embeddings", help="Output of `ehrembed embed` (folder or .parquet).")],
+    embeddings: Annotated[
+        list[Path],
+        typer.Option(
+            "--embeddings",
+            help="Output of `ehrembed embed` (folder or .parquet); repeat it to build one IVF-PQ index shard by shard.",
+        ),
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="Index folder (default: <embeddings>.index).")] = None,
     kind: Annotated[str, typer.Option(help="auto (by size), flat (exact), hnsw or ivfpq.")] = "auto",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray", help="With several --embeddings: fill the shards on Ray (local, auto, ray://…)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Build a FAISS index over an embedding set for similar-patient search (replaced atomically)."""
+    """Build a FAISS index over embedding sets for similar-patient search (replaced atomically)."""
     import numpy as np
 
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.encoders.embeddings import EmbeddingSet
     from ehrembed.retrieval.index import KINDS, build_index
+    from ehrembed.retrieval.sharded import build_sharded_index
 
     if kind not in KINDS:
         fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    target = out or Path(f"{embeddings}.index")
+    sharded = len(embeddings) > 1
+    if sharded and kind not in ("auto", "ivfpq"):
+        fail("several --embeddings build one IVF-PQ index shard by shard; use --kind ivfpq (or auto)")
+    target = out or Path(f"{embeddings[0]}.index")
     with user_errors():
         ds = MedsDataset.open(dataset)
-        emb = EmbeddingSet.load(embeddings)
-        unknown = int((~np.isin(emb.subject_ids, np.asarray(ds.subject_ids(), dtype=np.int64))).sum())
-        if unknown == len(emb):
-            fail(f"none of the {len(emb):,} subjects in {embeddings} is in dataset {dataset}; wrong dataset?")
-        with bar_progress(f"indexing {len(emb):,} vectors") as progress:
-            task = progress.add_task("vectors", total=len(emb))
-            report = build_index(
-                emb, target, kind=kind, progress=lambda done, total: progress.update(task, completed=done, total=total)
-            )
-        spec = {"kind": report.kind, "encoder": emb.spec.to_dict(), "embeddings": str(embeddings.resolve())}
+        sets = [EmbeddingSet.load(path) for path in embeddings]
+        known = np.asarray(ds.subject_ids(), dtype=np.int64)
+        total = sum(len(emb) for emb in sets)
+        unknown = sum(int((~np.isin(emb.subject_ids, known)).sum()) for emb in sets)
+        if unknown == total:
+            fail(f"none of the {total:,} subjects in the embeddings is in dataset {dataset}; wrong dataset?")
+        with bar_progress(f"indexing {total:,} vectors") as progress:
+            task = progress.add_task("vectors", total=len(sets) if sharded else total)
+            update = lambda done, n: progress.update(task, completed=done, total=n)  # noqa: E731
+            if sharded:
+                report = build_sharded_index(embeddings, target, ray_address=ray_address, progress=update)
+            else:
+                report = build_index(sets[0], target, kind=kind, progress=update)
+        spec = {
+            "kind": report.kind,
+            "encoder": sets[0].spec.to_dict(),
+            "embeddings": [str(path.resolve()) for path in embeddings],
+        }
         record_artifact("index", target.name, target, {**spec, "params": report.params, "rows": report.rows}, ds.name)
     data = {**report.as_dict(), "subjects_not_in_dataset": unknown}
     if as_json:

@@ -297,6 +297,41 @@ class VectorIndex:
             progress=progress,
         )
 
+    @classmethod
+    def assemble(
+        cls,
+        faiss_index: Any,
+        kind: str,
+        *,
+        subject_ids: np.ndarray,
+        prediction_times: np.ndarray,
+        spec: EncoderSpec | None = None,
+        params: IndexParams | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> VectorIndex:
+        """Wrap a filled FAISS index (e.g. merged from shards) whose row ``i`` has id ``i``."""
+        n = int(faiss_index.ntotal)
+        if len(subject_ids) != n or len(prediction_times) != n:
+            raise VectorIndexError(f"{len(subject_ids)} subject ids and {len(prediction_times)} times for {n} vectors")
+        index = cls(int(faiss_index.d), kind, spec=spec, params=params, use_gpu=False, extra=extra)
+        index._kind, index._index = kind, faiss_index
+        index._ids = np.arange(n, dtype=np.int64)
+        index._subjects = np.asarray(subject_ids, dtype=np.int64)
+        index._times = np.asarray(prediction_times, dtype="datetime64[us]")
+        index._removed = np.zeros(n, dtype=bool)
+        index._invalidate()
+        return index
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train an empty ``ivfpq`` index on a sample (sized for ``params.nlist`` or the sample) before adding."""
+        if self._index is not None and self.ntotal:
+            raise VectorIndexError("the index already holds vectors; train an empty one")
+        self._train(self._check_vectors(sample, "sample"))
+
+    def faiss_index(self) -> Any:
+        """The underlying FAISS index (for tools that build or merge indexes)."""
+        return self._index
+
     def _new_index(self, kind: str, n: int) -> Any:
         faiss = _faiss()
         if kind == "flat":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from ehrembed.api import create_app
 from ehrembed.ehr.meds import MedsDataset
@@ -33,14 +37,57 @@ class Served:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
 
-@pytest.fixture(scope="package")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path) -> Iterator[Served]:
+POSTGRES_URL = os.environ.get("EHREMBED_TEST_POSTGRES_URL")
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgres",
+        id="postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not POSTGRES_URL, reason="EHREMBED_TEST_POSTGRES_URL is not set"),
+        ],
+    ),
+]
+
+
+@contextmanager
+def _database(backend: str, home: Path) -> Iterator[str | None]:
+    """None (the SQLite file under the home), or the URL of a fresh PostgreSQL schema dropped afterwards."""
+    if backend == "sqlite":
+        yield None
+        return
+    assert POSTGRES_URL
+    schema = f"api_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="package", params=BACKENDS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path
+) -> Iterator[Served]:
+    """The API on a synthetic cohort, with the store on SQLite and (when available) PostgreSQL."""
+    with _database(request.param, tmp_path_factory.mktemp("api_db")) as url:
+        yield from _serve(tmp_path_factory, tiny_student_dir, url)
+
+
+def _serve(
+    tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path, database_url: str | None
+) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("api_home")
     guidelines = home / "guidelines_md"
     guidelines.mkdir()
     (guidelines / "htn.md").write_text("# Hypertension\n\n## Treatment\n\nStart an ACE inhibitor for hypertension.\n")
     (guidelines / "dm.md").write_text("# Diabetes\n\n## Glucose\n\nMetformin first; HbA1c target below 7%.\n")
-    settings = Settings(home=home, api_encoders=(), guidelines_kb=home / "kb")
+    settings = Settings(home=home, database_url=database_url, api_encoders=(), guidelines_kb=home / "kb")
     data = home / "synth"
     generate_cohort(SynthConfig(n_subjects=120, seed=3), data)
     dataset = MedsDataset.open(data)
