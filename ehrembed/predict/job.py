@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -353,4 +354,36 @@ def benchmark_dataset(
         encoders=names,
         extra_sections=extra,
     )
+    write_run_card(out, dataset, tasks, config, encoding, timings)
     return BenchmarkJobResult(report, result, labelsets, skipped, encoding, timings)
+
+
+def write_run_card(
+    out: Path,
+    dataset: MedsDataset,
+    tasks: Sequence[TaskSpec],
+    config: BenchmarkJobConfig,
+    encoding: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+) -> Path:
+    """``run.json`` beside the report: the resolved config, tasks, inputs' fingerprints, versions, timings."""
+    from ehrembed.distill.card import package_versions
+    from ehrembed.fsutil import atomic_write_text, sha256_file
+
+    card = {
+        "config": dataclasses.asdict(config),
+        "dataset": {
+            "name": dataset.name,
+            "path": str(dataset.root.resolve()),
+            "sha256": sha256_file(dataset.root / s.DATA_DIR),
+        },
+        "tasks": [t.to_dict() for t in tasks],
+        "encoders": encoding,
+        "versions": package_versions(
+            ("ehrembed", "lightgbm", "scikit-learn", "faiss-cpu", "torch", "transformers", "polars")
+        ),
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    path = Path(out) / "run.json"
+    atomic_write_text(path, json.dumps(card, indent=2, default=str) + "\n")
+    return path

@@ -111,7 +111,10 @@ def test_benchmark_job_writes_the_report(synth: MedsDataset, tmp_path: Path) -> 
         "missing.csv",
         "tasks.json",
         "auroc_vs_k_new_diagnosis.png",
+        "run.json",
     } <= names
+    card = json.loads((tmp_path / "report" / "run.json").read_text())
+    assert card["config"]["sample_positives"] == 40 and card["dataset"]["sha256"] and "lightgbm" in card["versions"]
     text = result.report.read_text()
     assert "## Macro AUROC by encoder and k" in text and "new_unicorn" in text
     assert result.skipped_tasks.keys() == {"new_unicorn"}
