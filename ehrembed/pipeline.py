@@ -33,7 +33,7 @@ from ehrembed.ehr.omop import ingest_omop
 from ehrembed.ehr.serialize import Serializer, SerializerConfig
 from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
-from ehrembed.fsutil import atomic_write_text
+from ehrembed.fsutil import atomic_write_text, sha256_file
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import create_all, make_engine, session_scope
 
@@ -156,13 +156,28 @@ def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) ->
 
 
 def _distill(
-    config: MainJobConfig, dataset: MedsDataset, teacher: Any, out: Path, say: Say, progress: Progress | None
+    config: MainJobConfig,
+    dataset: MedsDataset,
+    teacher: Any,
+    teacher_dir: Path,
+    out: Path,
+    say: Say,
+    progress: Progress | None,
 ) -> Path:
+    """Distil the teacher's vectors into the student; reuse an earlier student made from the same vectors."""
     from ehrembed.distill.job import RETENTION_FILE, DistillJobConfig, distill_dataset
     from ehrembed.distill.train import DistillConfig
 
-    if (out / "modules.json").exists() and (out / RETENTION_FILE).exists() and not config.fresh:
-        say(f"distill: reusing {out}")
+    source = out.with_name(out.name + ".teacher.json")
+    teacher_sha = sha256_file(teacher_dir)
+    if (
+        (out / "modules.json").exists()
+        and (out / RETENTION_FILE).exists()
+        and not config.fresh
+        and source.exists()
+        and json.loads(source.read_text()).get("teacher_sha256") == teacher_sha
+    ):
+        say(f"distill: reusing {out} (same teacher vectors)")
         return out
     job = DistillJobConfig(
         base=Path(config.student) if config.student else None,
@@ -170,6 +185,7 @@ def _distill(
         seed=config.seed,
     )
     result = distill_dataset(dataset, teacher, out, job, overwrite=True, resume=False)
+    atomic_write_text(source, json.dumps({"teacher_sha256": teacher_sha}) + "\n")
     say(
         f"distill: best epoch {result.distill.best_epoch}, tuning cosine to teacher "
         f"{result.distill.initial.cosine:.3f} → {result.distill.final.cosine:.3f}"
@@ -262,7 +278,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
         kb = clock.run("guidelines", lambda: _guideline_kb(config, say, progress))
         clock.run("teacher+guidelines", lambda: embed("teacher+guidelines", f"{config.teacher}+guidelines", kb))
     models = out / "models" / "student"
-    clock.run("distill", lambda: _distill(config, dataset, embeddings["teacher"], models, say, progress))
+    clock.run(
+        "distill", lambda: _distill(config, dataset, embeddings["teacher"], emb_dir / "teacher", models, say, progress)
+    )
     clock.run("student", lambda: embed("student", config.student or "student"))
     clock.run("distilled", lambda: embed("distilled", str(models)))
 
