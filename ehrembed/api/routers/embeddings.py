@@ -16,6 +16,7 @@ from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut
 from ehrembed.encoders.base import DEFAULT_INSTRUCTION
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.encoders.job import EmbedConfig, embed_records
+from ehrembed.schema import normalize_time
 from ehrembed.store.repository import list_artifacts
 from ehrembed.store.tables import ArtifactKind
 
@@ -36,7 +37,7 @@ def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) 
     assert body.dataset is not None and body.subject_ids is not None
     audit(request, body.dataset, body.subject_ids)
     handle = state.dataset(body.dataset)
-    as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
+    as_of = normalize_time(body.as_of) if body.as_of is not None else None
     with handle.lock.read():
         require_subjects(handle, body.subject_ids, "subject_ids")
         embeddings, report = embed_records(

@@ -15,7 +15,7 @@ from ehrembed.predict.job import case_cohort_keys, restrict
 from ehrembed.predict.labelers import label_dataset
 from ehrembed.predict.tasks import TaskSpec, builtin_task_names, parse_task, resolve_tasks
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
-from ehrembed.schema import Label
+from ehrembed.schema import Label, normalize_time
 from ehrembed.store.catalog import record_artifact
 from ehrembed.store.errors import NotFoundError
 from ehrembed.store.repository import get_task
@@ -65,7 +65,7 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
         else:
             assert body.examples is not None
             require_subjects(handle, [e.subject_id for e in body.examples], "examples")
-            examples = [Label(e.subject_id, e.prediction_time.replace(tzinfo=None), e.label) for e in body.examples]
+            examples = [Label(e.subject_id, normalize_time(e.prediction_time), e.label) for e in body.examples]
         audit(request, body.dataset, sorted({e.subject_id for e in examples}))
         fitted = fit_head(
             handle.dataset, encoder, examples, body.head, state.heads_dir(), task=body.task, dataset_name=body.dataset
@@ -110,7 +110,7 @@ def predict(
         handle = state.dataset(dataset)
         with handle.lock.read():
             require_subjects(handle, body.subject_ids, "subject_ids")
-            as_of = body.as_of.replace(tzinfo=None) if body.as_of is not None else None
+            as_of = normalize_time(body.as_of) if body.as_of is not None else None
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
             )

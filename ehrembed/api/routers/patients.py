@@ -16,6 +16,7 @@ from ehrembed.api.schemas import FiltersIn, PatientsIn, RecordOut, SimilarIn, Si
 from ehrembed.ehr.serialize import Serializer
 from ehrembed.ehr.upsert import bundle_frames, events_frame
 from ehrembed.retrieval.similar import SimilarFilters, SimilarResult
+from ehrembed.schema import normalize_time
 
 router = APIRouter(prefix="/v1", tags=["patients"])
 
@@ -82,7 +83,7 @@ def record(
             patient = handle.dataset.patient(subject_id)
         except KeyError:
             raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
-        when = as_of.replace(tzinfo=None) if as_of is not None else patient.last_time
+        when = normalize_time(as_of) if as_of is not None else patient.last_time
         if when is None:
             raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
         text = Serializer(handle.vocabulary).serialize(patient, as_of=when)
@@ -116,9 +117,7 @@ def similar_to_subject(
     with handle.lock.read():
         if similar.attributes.positions(np.asarray([subject_id], dtype=np.int64))[0] < 0:
             raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id")
-        result = similar.by_subject(
-            subject_id, as_of=as_of.replace(tzinfo=None) if as_of else None, k=k, filters=filters
-        )
+        result = similar.by_subject(subject_id, as_of=normalize_time(as_of) if as_of else None, k=k, filters=filters)
     request.state.audit = (dataset, [subject_id, *(n.subject_id for n in result.neighbors)])
     return _similar_out(dataset, result)
 
