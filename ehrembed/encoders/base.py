@@ -103,3 +103,36 @@ def check_texts(texts: Sequence[str], ids: Sequence[object] | None = None) -> No
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def encode_by_length(
+    spec: EncoderSpec,
+    texts: Sequence[str],
+    *,
+    instruction: str | None,
+    batch_size: int,
+    progress: Progress | None,
+    count_tokens: Callable[[list[str]], list[int]],
+    special_tokens: int,
+    batch_vectors: Callable[[list[str]], np.ndarray],
+) -> tuple[np.ndarray, int]:
+    """The encoders' shared loop: format, count, batch longest first, restore input order, normalise.
+
+    Returns ``(n, spec.dim)`` float32 vectors in input order and how many inputs exceeded the window.
+    """
+    check_texts(texts)
+    if not texts:
+        return np.zeros((0, spec.dim), dtype=np.float32), 0
+    if batch_size < 1:
+        raise EncoderError(f"batch_size must be >= 1, got {batch_size}")
+    inputs = [spec.format(t, instruction) for t in texts]
+    counts = count_tokens(inputs)
+    truncated = sum(c > spec.max_tokens - special_tokens for c in counts)
+    order = np.argsort([-c for c in counts], kind="stable")
+    out = np.empty((len(inputs), spec.dim), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = batch_vectors([inputs[i] for i in idx])
+        if progress is not None:
+            progress(len(idx))
+    return (l2_normalize(out) if spec.normalize else out), truncated

@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from ehrembed.encoders.base import EncoderError, EncoderSpec, Pooling, Progress, check_texts, l2_normalize
+from ehrembed.encoders.base import (
+    EncoderError,
+    EncoderSpec,
+    Pooling,
+    Progress,
+    encode_by_length,
+    l2_normalize,
+)
 from ehrembed.encoders.student import (
     DEFAULT_STUDENT_NAME,
     _default_or_none,
@@ -469,20 +476,9 @@ class OnnxStudentEncoder:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """``(n, spec.dim)`` float32 vectors in input order (``instruction`` applies only with a template)."""
-        check_texts(texts)
-        if not texts:
-            return np.zeros((0, self.spec.dim), dtype=np.float32)
-        if batch_size < 1:
-            raise EncoderError(f"batch_size must be >= 1, got {batch_size}")
-        inputs = [self.spec.format(t, instruction) for t in texts]
-        counts = self.count_tokens(inputs)
-        budget = self.spec.max_tokens - self._n_special
-        self.truncated += sum(c > budget for c in counts)
-        order = np.argsort([-c for c in counts], kind="stable")
-        out = np.empty((len(inputs), self.spec.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self._batch_vectors([inputs[i] for i in idx])
-            if progress is not None:
-                progress(len(idx))
-        return l2_normalize(out) if self.spec.normalize else out
+        out, truncated = encode_by_length(
+            self.spec, texts, instruction=instruction, batch_size=batch_size, progress=progress,
+            count_tokens=self.count_tokens, special_tokens=self._n_special, batch_vectors=self._batch_vectors,
+        )  # fmt: skip
+        self.truncated += truncated
+        return out

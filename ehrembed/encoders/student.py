@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ehrembed.encoders.base import EncoderError, EncoderSpec, Pooling, Progress, check_texts, l2_normalize
+from ehrembed.encoders.base import (
+    EncoderError,
+    EncoderSpec,
+    Pooling,
+    Progress,
+    encode_by_length,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -235,29 +241,17 @@ class StudentEncoder:
         progress: Progress | None = None,
     ) -> np.ndarray:
         """``(n, spec.dim)`` float32 vectors; texts are batched by length, results keep the input order."""
-        check_texts(texts)
-        if not texts:
-            return np.zeros((0, self.spec.dim), dtype=np.float32)
-        if batch_size < 1:
-            raise EncoderError(f"batch_size must be >= 1, got {batch_size}")
-        inputs = [self.spec.format(t, instruction) for t in texts]
-        counts = self.count_tokens(inputs)
-        budget = self.spec.max_tokens - self._n_special
-        self.truncated += sum(c > budget for c in counts)
-        order = np.argsort([-c for c in counts], kind="stable")
-        out = np.empty((len(inputs), self.spec.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            vectors = self.model.encode(
-                [inputs[i] for i in idx],
-                batch_size=len(idx),
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            out[idx] = np.asarray(vectors, dtype=np.float32)
-            if progress is not None:
-                progress(len(idx))
-        return l2_normalize(out) if self.spec.normalize else out
+
+        def batch(inputs: list[str]) -> np.ndarray:
+            vectors = self.model.encode(inputs, batch_size=len(inputs), convert_to_numpy=True, show_progress_bar=False)
+            return np.asarray(vectors, dtype=np.float32)
+
+        out, truncated = encode_by_length(
+            self.spec, texts, instruction=instruction, batch_size=batch_size, progress=progress,
+            count_tokens=self.count_tokens, special_tokens=self._n_special, batch_vectors=batch,
+        )  # fmt: skip
+        self.truncated += truncated
+        return out
 
 
 def _default_or_none() -> Path | None:
