@@ -144,6 +144,7 @@ _DETAIL_SECTIONS: tuple[tuple[str, tuple[s.Domain, ...]], ...] = (
     ("Allergies", (s.Domain.ALLERGY,)),
     ("Other Events", (s.Domain.OBSERVATION, s.Domain.DEVICE, s.Domain.OTHER)),
 )
+_SECTION_OF_DOMAIN = {domain: i for i, (_, domains) in enumerate(_DETAIL_SECTIONS) for domain in domains}
 _SKIP_IN_LISTS = {s.Domain.DEMOGRAPHIC, s.Domain.VISIT}
 _COST_BATCH = 48  # lines costed per tokenizer call when fitting a budget
 _LIKELY_FITS_CHARS_PER_TOKEN = 3  # English Markdown runs ~4 characters per token
@@ -362,26 +363,27 @@ class Serializer:
                 f"\n### {self._visit_title(visit)} on {visit.start:%Y-%m-%d} ({_ago(visit.start, as_of)})",
                 parents=(section,),
             )
-            for title, domains in _DETAIL_SECTIONS:
-                items = self._detail_items(visit.events, domains)
+            for (title, _), items in zip(_DETAIL_SECTIONS, self._detail_items(visit.events), strict=True):
                 if not items:
                     continue
                 sub = doc.heading(f"#### {title}", parents=(section, head))
-                for item in items:
+                for item in items.values():
                     doc.add(f"- {item}", time=visit.start, parents=(section, head, sub))
 
-    def _detail_items(self, events: Iterable[s.Event], domains: tuple[s.Domain, ...]) -> list[str]:
-        items: dict[str, str] = {}
+    def _detail_items(self, events: Iterable[s.Event]) -> list[dict[str, str]]:
+        """Per detail section, code -> item text, in one pass over the visit's events."""
+        sections: list[dict[str, str]] = [{} for _ in _DETAIL_SECTIONS]
         for event in events:
-            if self.vocabulary.domain(event.code) not in domains or not self._keep(event.code):
+            where = _SECTION_OF_DOMAIN.get(self.vocabulary.domain(event.code))
+            if where is None or not self._keep(event.code):
                 continue
             text = self._name(event.code)
             if event.numeric_value is not None:
                 text = f"{text}: {_format_value(event.code, event)}"
             elif event.text_value:
                 text = f"{text}: {event.text_value}"
-            items[event.code] = text  # the visit's last value of a code wins
-        return list(items.values())
+            sections[where][event.code] = text  # the visit's last value of a code wins
+        return sections
 
     def _unique_codes(self, doc: _Doc, events: Sequence[s.Event], as_of: dt.datetime) -> None:
         dated = [e for e in events if e.time is not None and e.code not in (s.BIRTH_CODE, s.DEATH_CODE)]
@@ -457,26 +459,24 @@ class Serializer:
             exact = counter.count([full])[0]
             if exact <= budget:
                 return Serialized(full, exact, 0)
-        heading_cost = dict(
-            zip(
-                (i for i, line in enumerate(lines) if line.heading),
-                counter.count([line.text for line in lines if line.heading]),
-                strict=True,
-            )
-        )
         undated = [i for i, line in enumerate(lines) if line.time is None and not line.heading]
         dated = sorted(
             (i for i, line in enumerate(lines) if line.time is not None),
             key=lambda i: (lines[i].time, -i),
             reverse=True,
         )
+        order = undated + dated
         keep: list[int] = []  # in the order they were admitted: undated, then newest first
+        heading_cost: dict[int, int] = {}  # costed with the first batch that needs them
         paid: set[int] = set()
         total = 0
-        for batch_start in range(0, len(undated) + len(dated), _COST_BATCH):
-            batch = (undated + dated)[batch_start : batch_start + _COST_BATCH]
+        for batch_start in range(0, len(order), _COST_BATCH):
+            batch = order[batch_start : batch_start + _COST_BATCH]
+            heads = sorted({p for i in batch for p in lines[i].parents if p not in heading_cost})
+            costs = counter.count([lines[i].text for i in batch] + [lines[p].text for p in heads])
+            heading_cost.update(zip(heads, costs[len(batch) :], strict=True))
             full_stop = False
-            for i, cost in zip(batch, counter.count([lines[i].text for i in batch]), strict=True):
+            for i, cost in zip(batch, costs[: len(batch)], strict=True):
                 extra = cost + sum(heading_cost[p] for p in lines[i].parents if p not in paid)
                 if total + extra > budget:
                     full_stop = True

@@ -107,6 +107,7 @@ class Vocabulary:
     domains: Mapping[str, str] = field(default_factory=dict)
     use_packages: bool = True
     _cache: dict[str, tuple[str | None, Source]] = field(default_factory=dict, repr=False)
+    _domain_cache: dict[str, s.Domain] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_codes(cls, codes: pl.DataFrame, *, use_packages: bool = True) -> Vocabulary:
@@ -145,6 +146,13 @@ class Vocabulary:
         return self.describe(code) or code
 
     def domain(self, code: str) -> s.Domain:
+        """The dataset's domain for the code, else one implied by its vocabulary prefix (memoised)."""
+        cached = self._domain_cache.get(code)
+        if cached is None:
+            cached = self._domain_cache[code] = self._find_domain(code)
+        return cached
+
+    def _find_domain(self, code: str) -> s.Domain:
         known = self.domains.get(code)
         if known is not None:
             try:
