@@ -6,8 +6,10 @@ counted by the student's tokenizer), (2) embed with the student — single proce
 Ray instance with one actor per core — and (3) build the vector index (``auto`` kind). Reported per
 stage: wall seconds, records per second and the child's peak RSS; then how each cost grows with n
 (the exponent of a power-law fit over the sizes) and the projected time for 1M patients, for the
-student here and for the LLM teacher on one GPU (``--teacher-rps``: records/s measured on the GPU, e.g.
-by ``bench/encode.py`` on a device; without it the projection is left out).
+student here and for the LLM teacher on one GPU. The teacher figure is measured when ``--teacher-rps``
+gives records/s seen on a GPU (e.g. ``bench/encode.py`` on a device); otherwise it is an estimate from
+FLOPs, saved with ``"measured": false`` and its assumptions (a 7.6B-parameter gte-Qwen2-7B-style
+teacher, 2048-token records, an H100/H200's 989 dense bf16 TFLOPS at 40% utilisation).
 
 Run ``.venv/bin/python bench/cost.py [--sizes 1000,10000] [--max-tokens 128] [--encoder student-onnx]``.
 Figures go to stdout and bench/results/cost.json. The 100k embedding stage dominates (tens of minutes
@@ -113,6 +115,37 @@ def growth(sizes: list[int], seconds: list[float]) -> float | None:
     return round(sum((x - mx) * (y - my) for x, y in pairs) / den, 3) if den else None
 
 
+def teacher_flops_per_record(params: float, layers: int, width: int, tokens: int) -> float:
+    """Forward FLOPs of one record: 2 per parameter per token, plus attention's T² terms (QKᵀ and AV)."""
+    return 2 * params * tokens + 4 * layers * tokens**2 * width
+
+
+def teacher_projection(args: argparse.Namespace) -> dict[str, Any]:
+    """Hours for 1M records with the teacher on one GPU: measured records/s if given, else a FLOPs estimate."""
+    if args.teacher_rps:
+        return {
+            "measured": True,
+            "records_per_second": args.teacher_rps,
+            "hours": round(1_000_000 / args.teacher_rps / 3600, 2),
+        }
+    flops = teacher_flops_per_record(args.teacher_params, args.teacher_layers, args.teacher_width, args.teacher_tokens)
+    rps = args.gpu_tflops * 1e12 * args.mfu / flops
+    return {
+        "measured": False,
+        "assumptions": {
+            "teacher_params": args.teacher_params,
+            "layers": args.teacher_layers,
+            "width": args.teacher_width,
+            "tokens_per_record": args.teacher_tokens,
+            "gpu_peak_tflops": args.gpu_tflops,
+            "utilisation": args.mfu,
+        },
+        "tflop_per_record": round(flops / 1e12, 2),
+        "records_per_second": round(rps, 1),
+        "hours": round(1_000_000 / rps / 3600, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -121,6 +154,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="Ray actors (one per core)")
     parser.add_argument("--teacher-rps", type=float, default=None, help="teacher records/s on one GPU, measured")
     parser.add_argument("--skip-ray-above", type=int, default=None, help="no Ray run for sizes above this")
+    parser.add_argument("--teacher-params", type=float, default=7.6e9, help="estimate: teacher parameters")
+    parser.add_argument("--teacher-layers", type=int, default=28, help="estimate: teacher transformer layers")
+    parser.add_argument("--teacher-width", type=int, default=3584, help="estimate: teacher hidden size")
+    parser.add_argument("--teacher-tokens", type=int, default=2048, help="estimate: tokens per record")
+    parser.add_argument("--gpu-tflops", type=float, default=989.0, help="estimate: GPU dense bf16 peak TFLOPS")
+    parser.add_argument("--mfu", type=float, default=0.4, help="estimate: fraction of peak reached")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="ehrembed-bench-cost-"))
@@ -142,7 +181,12 @@ def main() -> None:
         row["index"] = run_stage("index", data, work / f"emb-{n}", args.encoder, args.max_tokens, 1)
         per_size[str(n)] = row
         print(n, json.dumps(row), flush=True)
+        save("cost", summarise(args, per_size))  # after every size, so a long run's early sizes are kept
 
+
+def summarise(args: argparse.Namespace, per_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures so far, with each stage's growth exponent and its 1M-patient projection."""
+    sizes = [int(n) for n in per_size]
     curves: dict[str, Any] = {}
     for stage in ("serialize", "embed", "embed_ray", "index"):
         points = [(n, per_size[str(n)][stage]["seconds"]) for n in sizes if stage in per_size[str(n)]]
@@ -152,19 +196,15 @@ def main() -> None:
         n_last, t_last = points[-1]
         projected = t_last * (1_000_000 / n_last) ** (exponent if exponent is not None else 1.0)
         curves[stage] = {"growth_exponent": exponent, "projected_1m_seconds": round(projected, 1)}
-    if args.teacher_rps:
-        curves["teacher_one_gpu_1m_hours"] = round(1_000_000 / args.teacher_rps / 3600, 2)
-    save(
-        "cost",
-        {
-            "command": "python bench/cost.py " + " ".join(sys.argv[1:]),
-            "encoder": args.encoder,
-            "max_tokens": args.max_tokens,
-            "ray_workers": args.workers,
-            "sizes": per_size,
-            "curves": curves,
-        },
-    )
+    curves["teacher_one_gpu_1m"] = teacher_projection(args)
+    return {
+        "command": "python bench/cost.py " + " ".join(sys.argv[1:]),
+        "encoder": args.encoder,
+        "max_tokens": args.max_tokens,
+        "ray_workers": args.workers,
+        "sizes": per_size,
+        "curves": curves,
+    }
 
 
 if __name__ == "__main__":
