@@ -6,9 +6,11 @@ A reader sees either the old complete artifact or the new complete one, never ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +74,7 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     raised before any work starts.
     """
     target = Path(target)
+    restore_interrupted(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,17 +84,55 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield scratch
         fsync_path(scratch)
-        if target.exists():
+        if not target.exists():
+            os.replace(scratch, target)
+        elif not _exchange(scratch, target):  # no atomic swap here: two renames, undone by restore_interrupted
             old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
             os.replace(scratch, target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(scratch, target)
         _fsync_parent(target)
     finally:
-        if scratch.exists():
+        if scratch.exists():  # the new folder on error, or the old one after a swap
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def restore_interrupted(target: Path) -> bool:
+    """Put back a previous ``target`` that a crash left renamed aside mid-swap; True if one was.
+
+    Only the two-rename fallback of :func:`atomic_dir` has such a window (Linux swaps atomically).
+    """
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return False
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    os.replace(aside[-1], target)
+    _fsync_parent(target)
+    return True
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # glibc older than 2.28, or another libc
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

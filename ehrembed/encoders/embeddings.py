@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ehrembed import schema as s
 from ehrembed.encoders.base import EncoderError, EncoderSpec
-from ehrembed.fsutil import atomic_dir, atomic_write_bytes
+from ehrembed.fsutil import atomic_dir, atomic_write_bytes, restore_interrupted
 
 VECTORS_FILE = "vectors.npy"
 ROWS_FILE = "rows.parquet"
@@ -138,6 +138,7 @@ class EmbeddingSet:
     def load(cls, path: Path | str, *, mmap: bool = True) -> EmbeddingSet:
         """Read a folder (vectors memory-mapped by default) or a Parquet file written by ``save``."""
         path = Path(path)
+        restore_interrupted(path)
         if not path.exists():
             raise EncoderError(f"embeddings {path} not found")
         if path.is_file():

@@ -25,7 +25,7 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.encoders.job import EmbedConfig, embed_records
-from ehrembed.fsutil import atomic_dir, atomic_write_text
+from ehrembed.fsutil import atomic_dir, atomic_write_text, restore_interrupted
 from ehrembed.predict.heads import HeadError, load_head, make_head
 from ehrembed.predict.heads.base import Head
 from ehrembed.predict.metrics import score
@@ -151,6 +151,7 @@ def fit_head(
 def load_fitted(folder: Path) -> FittedHead:
     """A head saved by :func:`fit_head`."""
     folder = Path(folder)
+    restore_interrupted(folder)
     card_path = folder / CARD_FILE
     if not card_path.is_file():
         raise HeadError(f"{folder} is not a fitted head (no {CARD_FILE})")

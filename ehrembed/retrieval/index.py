@@ -59,7 +59,7 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.encoders.base import EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
-from ehrembed.fsutil import atomic_dir, sha256_file
+from ehrembed.fsutil import atomic_dir, restore_interrupted, sha256_file
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 KINDS: tuple[str, ...] = ("auto", "flat", "hnsw", "ivfpq")
@@ -774,6 +774,7 @@ class VectorIndex:
         """Read an index folder, verifying its checksum (and, with ``spec``, that it matches that encoder)."""
         faiss = _faiss()
         path = Path(path)
+        restore_interrupted(path)
         if not path.exists():
             raise VectorIndexError(f"index {path} not found")
         meta_path, index_path, rows_path = path / META_FILE, path / INDEX_FILE, path / ROWS_FILE
