@@ -8,6 +8,7 @@ fixed-size list vector column (the spec rides along in the Parquet schema metada
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,16 @@ class EmbeddingSet:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    def page(self, offset: int, limit: int | None = None) -> EmbeddingSet:
+        """Rows ``offset`` to ``offset + limit`` (all the rest without a limit), without copying the vectors."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise EncoderError(f"offset and limit must not be negative (got {offset}, {limit})")
+        stop = len(self) if limit is None else min(len(self), offset + limit)
+        window = slice(offset, stop)
+        return dataclasses.replace(
+            self, subject_ids=self.subject_ids[window], as_of=self.as_of[window], vectors=self.vectors[window]
+        )
 
     def metadata(self) -> dict[str, Any]:
         return {

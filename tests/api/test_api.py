@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 
+import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -179,6 +180,25 @@ def test_export_streams_a_file(served: Served, fmt: str) -> None:
         422,
         "format",
     )
+
+
+def test_export_pages_through_a_set(served: Served) -> None:
+    def page(**params: int) -> httpx.Response:
+        query = {"dataset": "demo", "encoder": "tiny-emb", "format": "npy", **params}
+        return served.client.get("/v1/embeddings/export", params=query, headers=served.headers())
+
+    whole = np.load(io.BytesIO(page().content))
+    n = len(whole)
+    parts = []
+    for offset in range(0, n, 7):
+        res = page(offset=offset, limit=7)
+        assert res.status_code == 200, res.text
+        assert res.headers["x-total-rows"] == str(n) and res.headers["x-rows"] == str(min(7, n - offset))
+        parts.append(np.load(io.BytesIO(res.content)))
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert np.load(io.BytesIO(page(offset=n).content)).shape == (0, 32)  # the end: an empty page
+    _error(page(offset=n + 1), 422, "offset")
+    _error(page(limit=0), 422, "limit")
 
 
 def test_tasks_create_list_and_validate(served: Served) -> None:

@@ -68,8 +68,14 @@ def export(
     dataset: Annotated[str, Query(min_length=1, max_length=200)],
     encoder: Annotated[str, Query(min_length=1, max_length=200, description="Embedding set name or encoder name")],
     format: Annotated[Literal["parquet", "npy", "csv"], Query()] = "parquet",
+    offset: Annotated[int, Query(ge=0, description="First row to export")] = 0,
+    limit: Annotated[int | None, Query(ge=1, description="Rows to export from offset (default: all)")] = None,
 ) -> StreamingResponse | FileResponse:
-    """The newest embedding set recorded for a dataset and encoder, as Parquet, NumPy or CSV."""
+    """The newest embedding set recorded for a dataset and encoder, as Parquet, NumPy or CSV.
+
+    ``offset`` and ``limit`` export one page of rows, so a large set can be fetched in parts;
+    ``X-Total-Rows`` gives the set's size and ``X-Rows`` the page's.
+    """
     state.dataset(dataset)
     with state.session() as session:
         artifacts = list_artifacts(session, ArtifactKind.EMBEDDINGS, dataset=dataset)
@@ -80,10 +86,17 @@ def export(
         ]
     if not matches:
         raise ApiError(404, f"no embeddings of dataset {dataset} by encoder {encoder!r} are recorded", "encoder")
-    embeddings = EmbeddingSet.load(matches[0])
+    whole = EmbeddingSet.load(matches[0])
+    if offset > len(whole):
+        raise ApiError(422, f"offset {offset} is past the end of the embedding set ({len(whole)} rows)", "offset")
+    embeddings = whole.page(offset, limit)
     audit(request, dataset, embeddings.subject_ids.tolist())
     filename = f"{dataset}-{encoder}.{format}".replace("/", "_")
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Rows": str(len(embeddings))}
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Rows": str(len(embeddings)),
+        "X-Total-Rows": str(len(whole)),
+    }
     if format == "csv":
         return StreamingResponse(embeddings.csv_chunks(), media_type=MEDIA["csv"], headers=headers)
     folder = Path(tempfile.mkdtemp(prefix="ehrembed-export-"))
