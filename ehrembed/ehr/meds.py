@@ -300,8 +300,8 @@ class MedsDataset:
             yield from patients_from_frame(frame.collect())
 
 
-def patients_from_frame(frame: pl.DataFrame) -> Iterator[s.Patient]:
-    """Group a subject-sorted event frame into Patient objects."""
+def patients_from_frame(frame: pl.DataFrame, block_events: int = 65_536) -> Iterator[s.Patient]:
+    """Group a subject-sorted event frame into Patient objects, about ``block_events`` events at a time."""
     if frame.is_empty():
         return
     for col, dtype in _POLARS_DATA_SCHEMA.items():
@@ -309,13 +309,19 @@ def patients_from_frame(frame: pl.DataFrame) -> Iterator[s.Patient]:
             frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(col))
     ids = frame.get_column(s.SUBJECT_ID).to_numpy()
     bounds = np.flatnonzero(np.diff(ids)) + 1
-    starts = np.concatenate([[0], bounds])
+    starts = np.concatenate([[0], bounds]).tolist()
     ends = np.concatenate([bounds, [len(ids)]])
-    cols = [frame.get_column(c).to_list() for c in _POLARS_DATA_SCHEMA if c != s.SUBJECT_ID]
-    rows = list(zip(*cols, strict=True))
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        events = [s.Event(*row) for row in rows[start:end]]
-        yield s.Patient(int(ids[start]), events)
+    names = [c for c in _POLARS_DATA_SCHEMA if c != s.SUBJECT_ID]
+    first = 0
+    while first < len(starts):  # Python objects for one block of subjects at a time, not the whole shard
+        last = min(int(np.searchsorted(ends, starts[first] + block_events)), len(starts) - 1)
+        offset = starts[first]
+        block = frame.slice(offset, int(ends[last]) - offset)
+        rows = list(zip(*(block.get_column(c).to_list() for c in names), strict=True))
+        for k in range(first, last + 1):
+            events = [s.Event(*row) for row in rows[starts[k] - offset : int(ends[k]) - offset]]
+            yield s.Patient(int(ids[starts[k]]), events)
+        first = last + 1
 
 
 def _shard_key(path: Path) -> tuple[int, str]:

@@ -87,3 +87,15 @@ def test_splits_are_stable_and_proportional() -> None:
     assert more.head(20_000).equals(first), "adding subjects never moves existing ones"
     with pytest.raises(ValueError, match="summing to 1"):
         assign_splits(ids, fractions=(0.5, 0.2, 0.2))
+
+
+@pytest.mark.parametrize("block_events", [1, 2, 3, 4, 1000])
+def test_patients_are_the_same_whatever_the_block_size(tmp_path: Path, block_events: int) -> None:
+    """Shards become Python objects a block of subjects at a time; the patients must not depend on the block."""
+    from ehrembed.ehr.meds import patients_from_frame
+
+    write_dataset(tmp_path / "d", _events(), pl.DataFrame({s.CODE: ["A"]}), dataset_name="toy", etl_name="test")
+    frame = pl.concat([pl.read_parquet(shard) for shard in MedsDataset.open(tmp_path / "d").shards])
+    whole = list(patients_from_frame(frame, block_events=10**9))
+    assert [p.subject_id for p in whole] == [1, 2, 3] and sum(len(p.events) for p in whole) == 5
+    assert list(patients_from_frame(frame, block_events=block_events)) == whole
