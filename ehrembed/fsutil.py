@@ -149,20 +149,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``; no lock where that is unavailable).
+def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """An advisory lock on ``path`` (POSIX ``flock``; no lock where that is unavailable).
 
-    Serialises one-time work such as model conversion between processes; the atomic rename of the
-    result keeps readers safe either way.
+    Exclusive by default: serialises writers between processes (model conversion, patient upserts).
+    ``shared`` lets many readers in while keeping exclusive writers out; where the lock file cannot
+    be created (a read-only folder, which no writer can change either) a shared lock is skipped.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")  # noqa: SIM115 - closed below, after the unlock
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

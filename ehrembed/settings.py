@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     """The guideline knowledge base the API searches (default ``<home>/guidelines/default`` if built)."""
     max_request_bytes: int = 2_000_000
     """Larger request bodies are refused with 413."""
+    api_max_heads: int = Field(default=256, ge=1)
+    """Fitted heads the API keeps in memory (least recently used go first; they reload from the store)."""
 
     @property
     def resolved_database_url(self) -> str:

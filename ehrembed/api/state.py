@@ -1,14 +1,21 @@
 """What the service holds in memory: the store, encoders, datasets with their indexes, heads, guidelines.
 
-Everything is loaded once at startup (:meth:`ServiceState.load`). Searches only read, so they run
-concurrently; a rebuilt index is loaded beside the old one and swapped in by one reference
-assignment (:meth:`reload_index`), so requests in flight finish on the index they started with. A
-patient upsert takes its dataset's write lock, so readers never see the folder mid-write.
+Encoders, datasets and indexes load at startup (:meth:`ServiceState.load`); heads load on first
+use, from the store, and the least recently used are dropped past ``api_max_heads``. Searches only
+read, so they run concurrently; a rebuilt index is loaded beside the old one and swapped in by one
+reference assignment (:meth:`reload_index`), so requests in flight finish on the index they started
+with. A patient upsert takes its dataset's write lock, so readers never see the folder mid-write.
+
+Several worker processes (``ehrembed serve --workers N``) share the store and the folders: a head
+fitted in one worker is loaded from the store by the others; readers hold a shared lock on the
+dataset's upsert lock file, so no worker reads a folder while another upserts into it; and a worker
+whose dataset folder changed since it loaded it reloads the vocabulary and search state first.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,28 +25,34 @@ from typing import Any
 import polars as pl
 from sqlalchemy.orm import Session
 
+from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.upsert import UpsertReport, upsert_patients
+from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
-from ehrembed.predict.fitted import FittedHead, load_fitted
+from ehrembed.predict.fitted import CARD_FILE, FittedHead, load_fitted
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients
 from ehrembed.settings import Settings
 from ehrembed.store.catalog import register_meds
 from ehrembed.store.db import create_all, make_engine, make_session_factory, session_scope
 from ehrembed.store.errors import NotFoundError
-from ehrembed.store.repository import list_artifacts, list_datasets
+from ehrembed.store.repository import get_artifact, list_artifacts, list_datasets
 from ehrembed.store.tables import ArtifactKind
 
 
 class RWLock:
-    """Many readers or one writer; writers wait for readers in progress and block new ones."""
+    """Many readers or one writer; writers wait for readers in progress and block new ones.
 
-    def __init__(self) -> None:
+    With ``meds_root``, readers also hold that MEDS folder's cross-process read lock, so patient
+    upserts in other processes wait for them, and they for those upserts.
+    """
+
+    def __init__(self, meds_root: Path | None = None) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self._meds_root = meds_root
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -48,7 +61,11 @@ class RWLock:
                 self._cond.wait()
             self._readers += 1
         try:
-            yield
+            if self._meds_root is None:
+                yield
+            else:
+                with read_lock(self._meds_root):
+                    yield
         finally:
             with self._cond:
                 self._readers -= 1
@@ -78,6 +95,8 @@ class DatasetHandle:
     similar: SimilarPatients | None = None
     index_path: Path | None = None
     lock: RWLock = field(default_factory=RWLock)
+    generation: int = 0
+    """The data folder's modification time when the vocabulary and search state were loaded."""
 
 
 class _LockedEncoder:
@@ -106,7 +125,7 @@ class ServiceState:
         self.sessions = make_session_factory(self.engine)
         self.encoders: dict[str, Encoder] = {}
         self.datasets: dict[str, DatasetHandle] = {}
-        self.heads: dict[str, FittedHead] = {}
+        self.heads: OrderedDict[str, FittedHead] = OrderedDict()  # least recently used first
         self.kb: Any = None
         self.ready = False
         self._lock = threading.Lock()
@@ -114,19 +133,14 @@ class ServiceState:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load encoders, datasets (with their newest index), heads and the guideline knowledge base."""
+        """Load encoders, datasets (with their newest index) and the guideline knowledge base."""
         for name in self.settings.api_encoders:
             self.encoder(name)
         with self.session() as session:
             datasets = [(d.name, d.path) for d in list_datasets(session)]
-            heads = [Path(a.path) for a in list_artifacts(session, ArtifactKind.HEAD)]
         for name, path in datasets:
             if Path(path, "data").is_dir():
                 self.datasets[name] = self._open_dataset(name, Path(path))
-        for folder in heads:
-            if (folder / "card.json").is_file():
-                fitted = load_fitted(folder)
-                self.heads[fitted.head_id] = fitted
         self._load_kb()
         self.ready = True
 
@@ -195,13 +209,30 @@ class ServiceState:
 
     def _open_dataset(self, name: str, path: Path) -> DatasetHandle:
         dataset = MedsDataset.open(path)
-        vocabulary = Vocabulary.from_dataset(dataset)
-        index_path = self._newest_index(name)
-        similar = self._similar(dataset, vocabulary, index_path) if index_path is not None else None
-        return DatasetHandle(name, dataset, vocabulary, similar, index_path)
+        lock = RWLock(dataset.root)
+        with read_lock(dataset.root):
+            generation = _generation(dataset)
+            vocabulary = Vocabulary.from_dataset(dataset)
+            index_path = self._newest_index(name)
+            similar = self._similar(dataset, vocabulary, index_path) if index_path is not None else None
+        return DatasetHandle(name, dataset, vocabulary, similar, index_path, lock, generation)
+
+    def _reload(self, handle: DatasetHandle) -> None:
+        """Reread what depends on the dataset's patients; the caller holds the handle's write lock."""
+        with read_lock(handle.dataset.root):  # not while another process upserts
+            generation = _generation(handle.dataset)
+            handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
+            if handle.similar is not None and handle.index_path is not None:
+                handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
+            handle.generation = generation
 
     def dataset(self, name: str) -> DatasetHandle:
+        """A served dataset, opened on first use and reloaded when another process changed its patients."""
         handle = self.datasets.get(name)
+        if handle is not None and _generation(handle.dataset) != handle.generation:
+            with handle.lock.write():
+                if _generation(handle.dataset) != handle.generation:
+                    self._reload(handle)
         if handle is None:
             with self.session() as session:
                 known = {d.name: d.path for d in list_datasets(session)}
@@ -229,9 +260,7 @@ class ServiceState:
         handle = self.dataset(name)
         with handle.lock.write():
             report = upsert_patients(handle.dataset, events, codes=codes, source_ids=source_ids)
-            handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
-            if handle.similar is not None and handle.index_path is not None:
-                handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
+            self._reload(handle)
             with self.session() as session:
                 register_meds(session, handle.dataset, "meds", name=name)
         return report
@@ -239,9 +268,28 @@ class ServiceState:
     # --- heads and guidelines -------------------------------------------------------------------
 
     def head(self, head_id: str) -> FittedHead:
-        fitted = self.heads.get(head_id)
-        if fitted is None:
+        """A fitted head: from memory, else from the store (fitted earlier, or by another worker)."""
+        with self._lock:
+            fitted = self.heads.get(head_id)
+            if fitted is not None:
+                self.heads.move_to_end(head_id)
+                return fitted
+        with self.session() as session:
+            try:
+                folder: Path | None = Path(get_artifact(session, ArtifactKind.HEAD, head_id).path)
+            except NotFoundError:
+                folder = None
+        if folder is None or not (folder / CARD_FILE).is_file():
             raise NotFoundError(f"unknown head {head_id!r}; fit one with POST /v1/heads")
+        return self.add_head(load_fitted(folder))
+
+    def add_head(self, fitted: FittedHead) -> FittedHead:
+        """Keep a head in memory, dropping the least recently used past ``api_max_heads``."""
+        with self._lock:
+            self.heads[fitted.head_id] = fitted
+            self.heads.move_to_end(fitted.head_id)
+            while len(self.heads) > self.settings.api_max_heads:
+                self.heads.popitem(last=False)
         return fitted
 
     def heads_dir(self) -> Path:
@@ -253,3 +301,8 @@ class ServiceState:
         folder = self.settings.guidelines_kb or default_kb_dir()
         if (Path(folder) / "kb.json").is_file():
             self.kb = GuidelineKB.load(folder)
+
+
+def _generation(dataset: MedsDataset) -> int:
+    """Changes whenever a shard is added, rewritten or removed (an upsert always writes one)."""
+    return (dataset.root / s.DATA_DIR).stat().st_mtime_ns

@@ -238,10 +238,11 @@ class MedsDataset:
         root = Path(root)
         if not root.is_dir():
             raise MedsError(f"{root}: no such dataset folder")
-        if (root / ".ehrembed-upsert.json").exists():  # an interrupted upsert: finish it first
-            from ehrembed.ehr.upsert import recover
+        if (root / ".ehrembed-upsert.json").exists():  # an interrupted upsert, or one in another process
+            from ehrembed.ehr.upsert import recover, write_lock
 
-            recover(root)
+            with write_lock(root):  # waits for a live upsert to end; then only a crashed one is left to finish
+                recover(root)
         if not any((root / s.DATA_DIR).glob("*.parquet")):
             raise MedsError(f"{root}: no data/*.parquet shards; is this a MEDS dataset folder?")
         return cls(root)

@@ -13,9 +13,11 @@ lock file; in-process readers should hold the caller's own read lock while a wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ehrembed.fsutil import atomic_write_text, file_lock, fsync_dir
 
 JOURNAL = ".ehrembed-upsert.json"
 LOCK = ".ehrembed-upsert.lock"
+GATE = ".ehrembed-upsert.gate"
 _TMP = ".tmp"
 
 
@@ -51,6 +54,26 @@ class UpsertReport:
             "new_codes": self.new_codes,
             "seconds": round(self.seconds, 3),
         }
+
+
+@contextlib.contextmanager
+def read_lock(root: Path) -> Iterator[None]:
+    """Hold while reading a MEDS folder that another process may upsert into.
+
+    Upserts wait for the readers in progress; a waiting upsert holds the gate, so new readers queue
+    behind it instead of starving it. Within one process, pair it with a thread-level lock.
+    """
+    with contextlib.ExitStack() as held:
+        with file_lock(root / GATE, shared=True):
+            held.enter_context(file_lock(root / LOCK, shared=True))
+        yield
+
+
+@contextlib.contextmanager
+def write_lock(root: Path) -> Iterator[None]:
+    """Exclusive: one upsert at a time, and no reader (in any process) while it runs."""
+    with file_lock(root / GATE), file_lock(root / LOCK):
+        yield
 
 
 def recover(root: Path) -> bool:
@@ -112,7 +135,7 @@ def upsert_patients(
     root = dataset.root
     subjects = events.get_column(s.SUBJECT_ID).unique().sort()
     report = UpsertReport(n_events=events.height)
-    with file_lock(root / LOCK):
+    with write_lock(root):
         recover(root)
         plan: list[list[str]] = []
         deletes: list[str] = []

@@ -72,7 +72,7 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
         )
     with state.session() as session:
         record_artifact(session, "head", fitted.head_id, state.heads_dir() / fitted.head_id, fitted.card, body.dataset)
-    state.heads[fitted.head_id] = fitted
+    state.add_head(fitted)
     return _head_out(fitted)
 
 
