@@ -4,7 +4,8 @@ For each size (default 1k, 10k, 100k synthetic patients): generate the cohort, t
 process each (so peak memory is the stage's own): (1) serialize every record (Markdown, token budget
 counted by the student's tokenizer), (2) embed with the student — single process, and on a local
 Ray instance with one actor per core — and (3) build the vector index (``auto`` kind). Reported per
-stage: wall seconds, records per second and the child's peak RSS; then how each cost grows with n
+stage: wall seconds, records per second and the child's peak RSS (for Ray, the driver's: the actors
+are Ray worker processes); then how each cost grows with n
 (the exponent of a power-law fit over the sizes) and the projected time for 1M patients, for the
 student here and for the LLM teacher on one GPU. The teacher figure is measured when ``--teacher-rps``
 gives records/s seen on a GPU (e.g. ``bench/encode.py`` on a device); otherwise it is an estimate from
@@ -40,6 +41,11 @@ STAGE = textwrap.dedent(
     from pathlib import Path
     stage, data, out, encoder_name, max_tokens, workers = sys.argv[1:7]
     max_tokens = int(max_tokens)
+    if stage == "prepare":  # one-time work (the ONNX export under the data home) stays out of the stages
+        from ehrembed.encoders import load_encoder
+        load_encoder(encoder_name, max_tokens=max_tokens)
+        print(json.dumps({"seconds": 0.0, "rows": 0, "peak_rss_mb": 0.0}))
+        sys.exit(0)
     from ehrembed.ehr.meds import MedsDataset
     dataset = MedsDataset.open(data)
     started = time.perf_counter()
@@ -80,9 +86,11 @@ STAGE = textwrap.dedent(
         started = time.perf_counter()
         rows = build_index(embeddings, Path(out + ".index")).rows
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": round(max(peak, children), 1)}))
+    # VmHWM: this process's own high-water mark (ru_maxrss would carry the forking parent's across exec)
+    status = Path("/proc/self/status")
+    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.exists() else []
+    peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mb": round(peak, 1)}))
     """
 )
 
@@ -160,12 +168,14 @@ def main() -> None:
     parser.add_argument("--teacher-tokens", type=int, default=2048, help="estimate: tokens per record")
     parser.add_argument("--gpu-tflops", type=float, default=989.0, help="estimate: GPU dense bf16 peak TFLOPS")
     parser.add_argument("--mfu", type=float, default=0.4, help="estimate: fraction of peak reached")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/cost.json)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="ehrembed-bench-cost-"))
     os.environ["EHREMBED_HOME"] = str(work / "home")
     from ehrembed.ehr.synth import SynthConfig, generate_cohort
 
+    run_stage("prepare", work, work, args.encoder, args.max_tokens, 1)
     per_size: dict[str, dict[str, Any]] = {}
     for n in sizes:
         data = work / f"synth-{n}"
@@ -181,7 +191,7 @@ def main() -> None:
         row["index"] = run_stage("index", data, work / f"emb-{n}", args.encoder, args.max_tokens, 1)
         per_size[str(n)] = row
         print(n, json.dumps(row), flush=True)
-        save("cost", summarise(args, per_size))  # after every size, so a long run's early sizes are kept
+        save("cost", summarise(args, per_size), args.out)  # after every size, so a long run's early sizes are kept
 
 
 def summarise(args: argparse.Namespace, per_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
