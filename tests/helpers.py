@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pytest
+import sqlalchemy as sa
 
 from ehrembed.encoders.base import EncoderSpec, l2_normalize
 from ehrembed.retrieval.chunking import clean_markdown
+from ehrembed.store.db import make_engine
+
+POSTGRES_URL = os.environ.get("EHREMBED_TEST_POSTGRES_URL")
+"""A PostgreSQL server for the store tests (``.ci/run`` sets it when one answers)."""
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgres",
+        id="postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not POSTGRES_URL, reason="EHREMBED_TEST_POSTGRES_URL is not set"),
+        ],
+    ),
+]
+"""Fixture parameters: every store-backed test runs on SQLite and, when a server is set, on PostgreSQL."""
+
+
+@contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A fresh schema on the test server, dropped with everything in it afterwards."""
+    assert POSTGRES_URL
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 class HashEncoder:

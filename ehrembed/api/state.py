@@ -209,20 +209,21 @@ class ServiceState:
 
     def _open_dataset(self, name: str, path: Path) -> DatasetHandle:
         dataset = MedsDataset.open(path)
-        lock = RWLock(dataset.root)
-        with read_lock(dataset.root):
-            generation = _generation(dataset)
-            vocabulary = Vocabulary.from_dataset(dataset)
-            index_path = self._newest_index(name)
-            similar = self._similar(dataset, vocabulary, index_path) if index_path is not None else None
-        return DatasetHandle(name, dataset, vocabulary, similar, index_path, lock, generation)
+        handle = DatasetHandle(
+            name, dataset, Vocabulary(), index_path=self._newest_index(name), lock=RWLock(dataset.root)
+        )
+        self._reload(handle)
+        return handle
 
     def _reload(self, handle: DatasetHandle) -> None:
-        """Reread what depends on the dataset's patients; the caller holds the handle's write lock."""
+        """(Re)read what depends on the dataset's patients: vocabulary and similar-patient search.
+
+        The caller holds the handle's write lock, or is its only user (a handle being opened).
+        """
         with read_lock(handle.dataset.root):  # not while another process upserts
             generation = _generation(handle.dataset)
             handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
-            if handle.similar is not None and handle.index_path is not None:
+            if handle.index_path is not None:
                 handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
             handle.generation = generation
 

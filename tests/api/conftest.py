@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from ehrembed.api import create_app
 from ehrembed.ehr.meds import MedsDataset
@@ -24,6 +21,7 @@ from ehrembed.settings import Settings
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import create_all, make_engine, session_scope
 from ehrembed.store.repository import create_api_key
+from tests.helpers import BACKENDS, POSTGRES_URL, postgres_schema
 
 
 @dataclass
@@ -37,37 +35,14 @@ class Served:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
 
-POSTGRES_URL = os.environ.get("EHREMBED_TEST_POSTGRES_URL")
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(not POSTGRES_URL, reason="EHREMBED_TEST_POSTGRES_URL is not set"),
-        ],
-    ),
-]
-
-
 @contextmanager
 def _database(backend: str, home: Path) -> Iterator[str | None]:
     """None (the SQLite file under the home), or the URL of a fresh PostgreSQL schema dropped afterwards."""
     if backend == "sqlite":
         yield None
         return
-    assert POSTGRES_URL
-    schema = f"api_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
+    with postgres_schema("api") as schema:
         yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="package", params=BACKENDS)

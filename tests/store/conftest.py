@@ -3,29 +3,14 @@ PostgreSQL schema dropped afterwards."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from ehrembed.store.db import create_all, make_engine
-
-POSTGRES_URL = os.environ.get("EHREMBED_TEST_POSTGRES_URL")
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(not POSTGRES_URL, reason="EHREMBED_TEST_POSTGRES_URL is not set"),
-        ],
-    ),
-]
+from tests.helpers import BACKENDS, POSTGRES_URL, postgres_schema
 
 
 @pytest.fixture(params=BACKENDS)
@@ -36,19 +21,12 @@ def bare_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engi
         yield eng
         eng.dispose()
         return
-    assert POSTGRES_URL
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = make_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    eng = make_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"}, pool_size=10)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema("t") as schema:
+        eng = make_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"}, pool_size=10)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
 
 
 @pytest.fixture
