@@ -525,14 +525,18 @@ def audit(
     dataset: str | None,
     status_code: int,
 ) -> AuditLog:
-    """Append an audit row: who (key id) called what, on which dataset and subjects, with what status."""
+    """Append an audit row: who (key id) called what, on which dataset and subjects, with what status.
+
+    ``dataset`` is what the client sent, valid or not; NUL bytes in it are stored escaped (``\\x00``),
+    since PostgreSQL text cannot hold them and a refused request must still be audited.
+    """
     row = AuditLog(
         time=utcnow(),
         api_key_id=api_key_id,
         endpoint=endpoint,
         method=method.upper(),
         subject_ids=[int(i) for i in (subject_ids or [])],
-        dataset=dataset,
+        dataset=dataset.replace("\x00", "\\x00") if dataset is not None else None,
         status_code=int(status_code),
     )
     session.add(row)

@@ -358,6 +358,14 @@ def test_audit_log(engine: Engine) -> None:
         assert session.scalar(select(func.count()).select_from(AuditLog)) == 3
 
 
+def test_audit_keeps_a_dataset_name_with_nul_bytes(engine: Engine) -> None:
+    """A client may send any bytes as a dataset name; the refused request is still audited, on every backend."""
+    with session_scope(engine) as session:
+        audit(session, None, "/v1/patients/{subject_id}/record", "GET", [1], "demo\x00x", 404)
+    with session_scope(engine) as session:
+        assert [r.dataset for r in list_audit(session)] == ["demo\\x00x"]
+
+
 def test_failed_transaction_rolls_back(engine: Engine) -> None:
     with session_scope(engine) as session:
         _register(session, "demo", n=10)
