@@ -5,18 +5,23 @@ Stages, each timed and each reusing its finished output on a re-run (``fresh`` r
 1. **ingest** Eunomia (or use ``dataset``) as MEDS, register it, describe it, serialize one record;
 2. **label** the tasks, then keep a case-cohort sample of prediction times the CPU can embed
    (:func:`ehrembed.predict.job.case_cohort_keys`);
-3. **teacher**: embed those records with the LLM teacher (content-addressed cache: a killed run
-   resumes where it stopped), and again with guideline passages appended (``guidelines``; the
-   knowledge base is built once under the data home);
-4. **distill** the teacher into the BERT student on the train-split rows (early-stopped on tuning);
+3. **teacher**: embed those records with the LLM teacher, each task's times with the task's
+   question in the instruction (:mod:`ehrembed.encoders.instructions`; content-addressed cache: a
+   killed run resumes where it stopped), and, with ``guidelines``, again with guideline passages
+   appended (the knowledge base is built once under the data home);
+4. **distill** the teacher into the BERT student on the train-split rows (targets: each record's
+   teacher vectors averaged over the task instructions; a base-retention term keeps the student's
+   own similarity structure; the epoch is chosen by tuning-split overlap@10 with the teacher);
 5. **student**: embed with the undistilled and the distilled student;
 6. **index** the distilled student's vectors for similar-patient search;
-7. **benchmark** count baseline, undistilled student, teacher, teacher + guidelines and distilled
-   student with LightGBM, logistic and kNN heads over the few-shot ks, and write the report.
+7. **benchmark** count baseline, undistilled student, teacher (± guidelines), distilled student and
+   the fusions ``count+student`` / ``count+teacher`` / ``count+distilled`` with LightGBM, logistic
+   and kNN heads over the few-shot ks, and write the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -42,6 +47,8 @@ Progress = Callable[[str, int, int], None]
 
 MAIN_JOB_TASKS: tuple[str, ...] = ("operational", "new_diagnosis", "abnormal_lab")
 MAIN_JOB_KS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 32, 64, "all")
+DEFAULT_TEACHER_POOLING: str | None = None
+DEFAULT_BASE_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,15 +66,18 @@ class MainJobConfig:
     serializer: SerializerConfig = field(default_factory=SerializerConfig)
     tasks: tuple[str, ...] = MAIN_JOB_TASKS
     teacher: str = "teacher"
+    teacher_pooling: str | None = DEFAULT_TEACHER_POOLING
+    """Pooling of the teacher (``last`` / ``mean`` / ``cls``); None keeps the encoder's default."""
     student: str | None = None
     max_tokens: int = 192
     batch_size: int = 8
     sample_positives: int | None = 60
     sample_background: int | None = 160
-    guidelines: bool = True
+    guidelines: bool = False
     guidelines_kb: Path | None = None
     retrieval_model: Path | None = None
     distill_epochs: int = 3
+    distill_base_weight: float = DEFAULT_BASE_WEIGHT
     ks: tuple[int | str, ...] = MAIN_JOB_KS
     replicates: int = 3
     heads: tuple[str, ...] = ("lightgbm", "logistic", "knn")
@@ -162,34 +172,54 @@ def _distill(
     teacher_dir: Path,
     out: Path,
     say: Say,
-    progress: Progress | None,
 ) -> Path:
-    """Distil the teacher's vectors into the student; reuse an earlier student made from the same vectors."""
-    from ehrembed.distill.job import RETENTION_FILE, DistillJobConfig, distill_dataset
+    """Distil the teacher's vectors into the student; reuse an earlier student made from the same vectors
+    with the same recipe."""
+    from ehrembed.distill.job import RETENTION_FILE, DistillJobConfig, average_over_instructions, distill_dataset
     from ehrembed.distill.train import DistillConfig
 
     source = out.with_name(out.name + ".teacher.json")
-    teacher_sha = sha256_file(teacher_dir)
+    job = DistillJobConfig(
+        base=Path(config.student) if config.student else None,
+        train=DistillConfig(
+            epochs=config.distill_epochs,
+            batch_size=16,
+            patience=2,
+            weight_base=config.distill_base_weight,
+            monitor="overlap",
+        ),
+        seed=config.seed,
+    )
+    made_from = {
+        "teacher_sha256": sha256_file(teacher_dir),
+        "recipe": json.loads(json.dumps(dataclasses.asdict(job), default=str)),
+    }
     if (
         (out / "modules.json").exists()
         and (out / RETENTION_FILE).exists()
         and not config.fresh
         and source.exists()
-        and json.loads(source.read_text()).get("teacher_sha256") == teacher_sha
+        and json.loads(source.read_text()) == made_from
     ):
-        say(f"distill: reusing {out} (same teacher vectors)")
+        say(f"distill: reusing {out} (same teacher vectors and recipe)")
         return out
-    job = DistillJobConfig(
-        base=Path(config.student) if config.student else None,
-        train=DistillConfig(epochs=config.distill_epochs, batch_size=16, patience=2),
-        seed=config.seed,
-    )
-    result = distill_dataset(dataset, teacher, out, job, overwrite=True, resume=False)
-    atomic_write_text(source, json.dumps({"teacher_sha256": teacher_sha}) + "\n")
+    targets = teacher if not isinstance(teacher, dict) else average_over_instructions(teacher)
+    result = distill_dataset(dataset, targets, out, job, overwrite=True, resume=False)
+    atomic_write_text(source, json.dumps(made_from) + "\n")
+    final = result.distill.final
     say(
-        f"distill: best epoch {result.distill.best_epoch}, tuning cosine to teacher "
-        f"{result.distill.initial.cosine:.3f} → {result.distill.final.cosine:.3f}"
+        f"distill: {result.rows['train']} train records, best epoch {result.distill.best_epoch}, tuning "
+        f"overlap@10 with the teacher {result.distill.initial.overlap or 0:.3f} → {final.overlap or 0:.3f}, "
+        f"cosine {result.distill.initial.cosine:.3f} → {final.cosine:.3f}"
     )
+    retention = result.retention
+    if "student" in retention:
+        k = retention.get("k", 10)
+        say(
+            f"distill: held-out retention: cosine to teacher {retention['student']['cosine_mean']:.3f}, "
+            f"overlap@{k} {retention['student'][f'overlap@{k}']:.3f} "
+            f"(undistilled student {retention['undistilled'][f'overlap@{k}']:.3f})"
+        )
     return out
 
 
@@ -199,7 +229,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     from ehrembed.predict.job import (
         BenchmarkJobConfig,
         case_cohort_keys,
-        embed_keys,
+        embed_tasks,
         label_keys,
         label_tasks,
         parse_encoder,
@@ -258,29 +288,46 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     embeddings: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
 
-    def embed(name: str, spec: str, kb: Path | None = None) -> None:
+    teacher_encoder: Any = None
+
+    def embed(name: str, spec: str, kb: Path | None = None, encoder: Any = None) -> None:
         choice = parse_encoder(f"{name}={spec}")
-        emb, info = embed_keys(
+        emb, info = embed_tasks(
             dataset,
             choice,
-            keys,
+            labelsets,
             emb_dir / name,
             max_tokens=config.max_tokens,
             batch_size=config.batch_size,
             guidelines_kb=str(kb) if kb is not None else None,
+            encoder=encoder,
             progress=None if progress is None else (lambda d, t: progress(f"embedding ({name})", d, t)),
         )
         embeddings[name], encoding[name] = emb, info
-        _record("embeddings", f"{dataset.name}-{name}", emb_dir / name, emb.spec.to_dict(), dataset.name)
+        for part, folder in emb.items() if isinstance(emb, dict) else [(None, emb)]:
+            where = emb_dir / name / part if part else emb_dir / name
+            label = f"{dataset.name}-{name}" + (f"-{part}" if part else "")
+            _record("embeddings", label, where, folder.spec.to_dict(), dataset.name)
 
-    clock.run("teacher", lambda: embed("teacher", config.teacher))
+    def teacher() -> None:
+        nonlocal teacher_encoder
+        from ehrembed.encoders import load_encoder
+
+        options: dict[str, Any] = {"max_tokens": config.max_tokens}
+        if config.teacher_pooling is not None:
+            options["pooling"] = config.teacher_pooling
+        teacher_encoder = load_encoder(config.teacher, **options)
+        embed("teacher", config.teacher, encoder=teacher_encoder)
+
+    clock.run("teacher", teacher)
     if config.guidelines:
         kb = clock.run("guidelines", lambda: _guideline_kb(config, say, progress))
-        clock.run("teacher+guidelines", lambda: embed("teacher+guidelines", f"{config.teacher}+guidelines", kb))
+        clock.run(
+            "teacher+guidelines",
+            lambda: embed("teacher+guidelines", f"{config.teacher}+guidelines", kb, encoder=teacher_encoder),
+        )
     models = out / "models" / "student"
-    clock.run(
-        "distill", lambda: _distill(config, dataset, embeddings["teacher"], emb_dir / "teacher", models, say, progress)
-    )
+    clock.run("distill", lambda: _distill(config, dataset, embeddings["teacher"], emb_dir / "teacher", models, say))
     clock.run("student", lambda: embed("student", config.student or "student"))
     clock.run("distilled", lambda: embed("distilled", str(models)))
 
@@ -294,7 +341,16 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     # --- benchmark and report ------------------------------------------------------------------
     from ehrembed.predict.job import benchmark_dataset
 
-    encoders = ("count", "student", "teacher", *(("teacher+guidelines",) if config.guidelines else ()), "distilled")
+    encoders = (
+        "count",
+        "student",
+        "teacher",
+        *(("teacher+guidelines",) if config.guidelines else ()),
+        "distilled",
+        "count+student",
+        "count+teacher",
+        "count+distilled",
+    )
     job = BenchmarkJobConfig(
         encoders=encoders,
         benchmark=BenchmarkConfig(

@@ -126,7 +126,7 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
     Qwen2ForCausalLM(config).eval().save_pretrained(folder)

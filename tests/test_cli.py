@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrembed.cli import app
+from ehrembed.predict.tasks import resolve_tasks
 from ehrembed.store.db import make_engine, session_scope
 from ehrembed.store.repository import get_dataset, get_subjects
 
@@ -95,7 +96,7 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     args = [
         "run", "--out", str(out), "--teacher", str(tiny_qwen2_dir), "--student", str(tiny_student_dir),
         "--retrieval-model", str(tiny_student_dir), "--guidelines-kb", str(tmp_path / "kb"),
-        "--max-tokens", "200", "--tasks", "new_gi_bleed,new_stroke,long_los",
+        "--max-tokens", "400", "--tasks", "new_gi_bleed,new_stroke,long_los", "--guidelines",
         "--sample-positives", "25", "--sample-background", "60", "--k", "1,4,all", "--replicates", "1", "--epochs", "1",
     ]  # fmt: skip
     first = runner.invoke(app, args)
@@ -114,14 +115,23 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     ):
         assert f"\n{stage} " in first.stdout, stage
     report = (out / "report" / "report.md").read_text()
-    for encoder in ("count", "student", "teacher", "teacher+guidelines", "distilled"):
+    for encoder in (
+        "count", "student", "teacher", "teacher+guidelines", "distilled", "count+student", "count+teacher",
+        "count+distilled",
+    ):  # fmt: skip
         assert f"| {encoder} |" in report, encoder
     assert "long_los: 1037 labels but no positives" in report
     assert (out / "stats.json").exists() and list(out.glob("record_*.md"))
     assert (out / "models" / "student" / "modules.json").exists() and (
         out / "index" / "distilled" / "index.faiss"
     ).exists()
-    assert "guidelines" in (out / "embeddings" / "teacher+guidelines" / "embedding.json").read_text()
+    # the teacher embeds each task's times with the task's question; the students once for all tasks
+    for task in ("new_gi_bleed", "new_stroke"):
+        card = json.loads((out / "embeddings" / "teacher" / task / "embedding.json").read_text())
+        assert card["instruction"].endswith(resolve_tasks([task])[0].question)
+        assert "guidelines" in (out / "embeddings" / "teacher+guidelines" / task / "embedding.json").read_text()
+    assert json.loads((out / "embeddings" / "distilled" / "embedding.json").read_text())["instruction"] is None
+    assert "held-out retention" in first.stderr and "undistilled student" in first.stderr
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     assert "reusing" in second.stderr and "distill: reusing" in second.stderr

@@ -32,7 +32,7 @@ def _shards(cache: Path) -> int:
 def test_sigkill_mid_embedding_then_rerun_completes_without_duplicates(tmp_path: Path, tiny_qwen2_dir: Path) -> None:
     home = tmp_path / "home"
     generate_cohort(SynthConfig(n_subjects=160, seed=4), tmp_path / "meds")
-    args = ["embed", str(tmp_path / "meds"), "--encoder", str(tiny_qwen2_dir), "--max-tokens", "200",
+    args = ["embed", str(tmp_path / "meds"), "--encoder", str(tiny_qwen2_dir), "--max-tokens", "400",
             "--batch-size", "4", "--chunk-size", "8", "--out", str(tmp_path / "emb")]  # fmt: skip
     job = _cli(args, home)
     cache = home / "cache" / "embeddings"

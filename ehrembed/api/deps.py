@@ -15,7 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ehrembed.api.errors import ApiError
 from ehrembed.api.state import DatasetHandle, ServiceState
-from ehrembed.store.repository import scope_allows, verify_api_key
+from ehrembed.predict.tasks import TaskSpec, builtin_task_names, parse_task, resolve_tasks
+from ehrembed.store.errors import NotFoundError
+from ehrembed.store.repository import get_task, scope_allows, verify_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ehrembed keys create`")
 _VERIFIED_TTL = 10.0
@@ -108,3 +110,15 @@ def require_subjects(handle: DatasetHandle, subject_ids: Iterable[int], field: s
     unknown = [int(i) for i in subject_ids if int(i) not in known]
     if unknown:
         raise ApiError(404, f"subject {unknown[0]} is not in dataset {handle.name}", field)
+
+
+def resolve_task(state: ServiceState, name: str) -> TaskSpec:
+    """A stored task by name, else a built-in one (never a file path: clients cannot read server files); 404."""
+    with state.session() as session:
+        try:
+            return parse_task(get_task(session, name).definition, source=name)
+        except NotFoundError:
+            pass
+    if name in builtin_task_names():
+        return resolve_tasks([name])[0]
+    raise ApiError(404, f"unknown task {name!r}; see GET /v1/tasks", "task")

@@ -76,6 +76,8 @@ class EmbeddingsIn(_Body):
     as_of: dt.datetime | None = None
     records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
     encoder: str = Field(default="student", max_length=200)
+    task: str | None = Field(default=None, max_length=64)
+    """Embed for this task (stored or built-in): its question goes into instruction-tuned encoders' instruction."""
 
     @model_validator(mode="after")
     def _one_source(self) -> EmbeddingsIn:

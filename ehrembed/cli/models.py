@@ -34,6 +34,15 @@ def _guideline_augmentation(enabled: bool, kb: Path | None) -> Any:
     return GuidelineAugmentation(kb=str(kb) if kb is not None else None)
 
 
+def _task_question(task: str | None) -> str | None:
+    """The question of ``--task`` (a built-in task name or a task file), or None."""
+    if task is None:
+        return None
+    from ehrembed.predict.tasks import resolve_tasks
+
+    return resolve_tasks([task])[0].question
+
+
 @app.command("embed")
 def embed_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
@@ -45,7 +54,17 @@ def embed_cmd(
         str | None, typer.Option("--as-of", help="ISO time for every patient (default: each one's last event).")
     ] = None,
     instruction: Annotated[
-        str | None, typer.Option(help="Task instruction for instruction-tuned teachers (default: a general one).")
+        str | None,
+        typer.Option(
+            help="A full instruction for instruction-tuned teachers, replacing the rule's wording "
+            "(default: the reference wording with --task's question, or the generic one)."
+        ),
+    ] = None,
+    for_task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="Embed for this task (built-in name or YAML file): its question goes into the instruction."
+        ),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(min=8, help="Encoder token window (default: the model's).")] = None,
     fmt: FormatOption = RecordFormat.markdown,
@@ -81,7 +100,6 @@ def embed_cmd(
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.ehr.serialize import SerializerConfig
     from ehrembed.encoders import load_encoder
-    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
     from ehrembed.encoders.embeddings import EmbeddingSet
     from ehrembed.encoders.job import EmbedConfig, embed_dataset
 
@@ -89,11 +107,12 @@ def embed_cmd(
     with user_errors():
         ds = MedsDataset.open(dataset)
         kwargs: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+        question = _task_question(for_task)
         subjects = ds.subject_ids()[:limit] if limit else None
         total = len(subjects) if subjects else len(ds.subject_ids())
         if ray_address is not None:
             report = _embed_on_ray(
-                ds, encoder, out, kwargs, instruction, fmt, batch_size, guidelines, guidelines_kb,
+                ds, encoder, out, kwargs, instruction, question, fmt, batch_size, guidelines, guidelines_kb,
                 ray_address, ray_actors, subjects, when,
             )  # fmt: skip
         else:
@@ -101,7 +120,8 @@ def embed_cmd(
                 spinner.add_task(f"loading encoder {encoder}")
                 model = load_encoder(encoder, **kwargs)
             config = EmbedConfig(
-                instruction=instruction or (DEFAULT_INSTRUCTION if model.spec.instruction_template else None),
+                question=question,
+                instruction=instruction,
                 serializer=SerializerConfig(format=fmt.value),
                 batch_size=batch_size,
                 chunk_size=chunk_size,
@@ -140,6 +160,7 @@ def _embed_on_ray(
     out: Path,
     kwargs: dict[str, Any],
     instruction: str | None,
+    question: str | None,
     fmt: RecordFormat,
     batch_size: int,
     guidelines: bool,
@@ -151,13 +172,12 @@ def _embed_on_ray(
 ) -> Any:
     """The embed command's Ray path: shards → actor pool (see ehrembed.encoders.distributed)."""
     from ehrembed.ehr.serialize import SerializerConfig
-    from ehrembed.encoders import encoder_kind
-    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
     from ehrembed.encoders.distributed import embed_dataset_ray
     from ehrembed.encoders.job import EmbedConfig
 
     config = EmbedConfig(
-        instruction=instruction or (DEFAULT_INSTRUCTION if encoder_kind(encoder) == "teacher" else None),
+        question=question,
+        instruction=instruction,
         serializer=SerializerConfig(format=fmt.value),
         batch_size=batch_size,
         guidelines=_guideline_augmentation(guidelines, guidelines_kb),

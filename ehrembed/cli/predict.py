@@ -67,9 +67,11 @@ def tasks_show_cmd(
 
             summary = label_dataset(spec, MedsDataset.open(dataset)).summary()
     if as_json:
-        print_json({"task": spec.to_dict(), "labels": summary})
+        print_json({"task": spec.to_dict(), "question": spec.question, "labels": summary})
         return
     print(spec.to_yaml(), end="")
+    if not spec.instruction:
+        out_console.print(f"# no instruction: instruction-tuned encoders get the derived question {spec.question!r}")
     if summary is not None:
         out_console.print(
             f"labels: {summary['labels']:,}, positives {summary['positives']:,}, subjects {summary['subjects']:,}"
@@ -93,8 +95,9 @@ def benchmark_cmd(
         list[str] | None,
         typer.Option(
             "--encoders",
-            help="count, student, teacher, ENCODER+guidelines, a model folder, or NAME=SPEC with SPEC an encoder or "
-            "a saved embedding set (repeatable or comma-separated; default count,student).",
+            help="count, student, teacher, ENCODER+guidelines, a model folder, NAME=SPEC with SPEC an encoder or "
+            "a saved embedding set, or count+NAME (the counts beside NAME's vectors) (repeatable or "
+            "comma-separated; default count,student).",
         ),
     ] = None,
     k: KOption = None,
@@ -109,6 +112,13 @@ def benchmark_cmd(
     ] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Patient bootstrap resamples per cell for 95% CIs.")] = 200,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    generic_instruction: Annotated[
+        bool,
+        typer.Option(
+            "--generic-instruction",
+            help="Give instruction-tuned encoders the generic question instead of each task's (for comparison).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Few-shot benchmark (EHRSHOT protocol) of encoders and heads on tasks; writes a report."""
@@ -134,6 +144,7 @@ def benchmark_cmd(
             sample_positives=sample_positives,
             sample_background=sample_background,
             seed=seed,
+            generic_instruction=generic_instruction,
         )
         ds = MedsDataset.open(dataset)
         specs = resolve_tasks(split_list(tasks) or ["all"])
@@ -181,9 +192,17 @@ def run_cmd(
     full: Annotated[
         bool, typer.Option("--full", help="Embed every labelled time (no sample): hours on a CPU, meant for a GPU.")
     ] = False,
-    no_guidelines: Annotated[
-        bool, typer.Option("--no-guidelines", help="Skip the guideline-augmented teacher.")
-    ] = False,
+    guidelines: Annotated[
+        bool,
+        typer.Option(
+            "--guidelines/--no-guidelines",
+            help="Also embed with guideline passages appended (teacher+guidelines; per task, so it doubles the "
+            "teacher's time).",
+        ),
+    ] = _JOB.guidelines,
+    teacher_pooling: Annotated[
+        str | None, typer.Option(help="Teacher pooling: last, mean or cls (default: the teacher's own).")
+    ] = _JOB.teacher_pooling,
     guidelines_kb: Annotated[
         Path | None,
         typer.Option(help="Guideline knowledge base folder (default: built once under $EHREMBED_HOME)."),
@@ -196,6 +215,12 @@ def run_cmd(
     replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = _JOB.replicates,
     head: HeadOption = None,
     epochs: Annotated[int, typer.Option(min=1, help="Distillation epochs.")] = _JOB.distill_epochs,
+    base_weight: Annotated[
+        float,
+        typer.Option(
+            "--distill-base-weight", min=0.0, help="Weight of the base-retention term in distillation (0: off)."
+        ),
+    ] = _JOB.distill_base_weight,
 ) -> None:
     """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
     from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, run_main_job
@@ -209,14 +234,16 @@ def run_cmd(
             dataset=dataset,
             tasks=tuple(split_list(tasks) or MAIN_JOB_TASKS),
             teacher=teacher,
+            teacher_pooling=teacher_pooling,
             student=str(student) if student else None,
             max_tokens=max_tokens,
             sample_positives=None if full else sample_positives,
             sample_background=None if full else sample_background,
-            guidelines=not no_guidelines,
+            guidelines=guidelines,
             guidelines_kb=guidelines_kb,
             retrieval_model=retrieval_model,
             distill_epochs=epochs,
+            distill_base_weight=base_weight,
             ks=parse_ks(split_list(k)) if k else MAIN_JOB_KS,
             replicates=replicates,
             heads=tuple(split_list(head) or HEAD_NAMES),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,52 @@ def distill_dataset(
         atomic_write_text(Path(out) / RETENTION_FILE, json.dumps(retention, indent=2) + "\n")
     counts = {"train": len(train), "tuning": len(tuning), "held_out": len(held_out)}
     return DistillJobResult(result, retention, counts)
+
+
+def average_over_instructions(sets: Mapping[str, EmbeddingSet]) -> EmbeddingSet:
+    """One teacher vector per (subject, time): the L2-normalised mean of its vectors under each task's
+    instruction (a student that does not read the instruction can only learn that mean anyway).
+
+    The sets must come from one encoder and serializer layout (their token budgets may differ: a longer
+    instruction leaves less room for the record); the result's ``instruction`` is None and
+    ``extra["instructions"]`` maps each task to the instruction it averaged.
+    """
+    if not sets:
+        raise EncoderError("no teacher embedding sets to average")
+    first = next(iter(sets.values()))
+
+    def layout(emb: EmbeddingSet) -> dict[str, Any]:
+        return {k: v for k, v in (emb.extra.get("serializer") or {}).items() if k != "max_tokens"}
+
+    for name, emb in sets.items():
+        if emb.spec.fingerprint() != first.spec.fingerprint() or layout(emb) != layout(first):
+            raise EncoderError(f"teacher embeddings for {name} come from another encoder or serializer layout")
+    frame = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    s.SUBJECT_ID: emb.subject_ids.astype(np.int64),
+                    "as_of": emb.as_of.astype("datetime64[us]"),
+                    "part": np.full(len(emb), i, dtype=np.int64),
+                    "row": np.arange(len(emb), dtype=np.int64),
+                }
+            )
+            for i, emb in enumerate(sets.values())
+        ]
+    ).with_row_index("__all")
+    vectors = np.concatenate([np.asarray(emb.vectors, dtype=np.float32) for emb in sets.values()])
+    groups = frame.group_by(s.SUBJECT_ID, "as_of", maintain_order=True).agg(pl.col("__all")).sort(s.SUBJECT_ID, "as_of")
+    means = np.stack([vectors[np.asarray(rows)].mean(axis=0) for rows in groups.get_column("__all").to_list()])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return EmbeddingSet(
+        subject_ids=groups.get_column(s.SUBJECT_ID).to_numpy(),
+        as_of=groups.get_column("as_of").to_numpy().astype("datetime64[us]"),
+        vectors=means.astype(np.float32),
+        spec=first.spec,
+        serializer_version=first.serializer_version,
+        instruction=None,
+        extra={**first.extra, "instructions": {name: emb.instruction for name, emb in sets.items()}},
+    )
 
 
 def retention_table(retention: dict[str, Any]) -> pl.DataFrame:

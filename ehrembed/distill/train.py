@@ -3,14 +3,15 @@
 The student (any ``SentenceTransformer`` whose output already has the teacher's dimension, e.g. a
 BERT + pooling + Dense projection) regresses its ``sentence_embedding`` on teacher vectors of
 serialized records with ``weight_mse * MSE + weight_cosine * (1 - cosine)``, plus optionally an
-in-batch InfoNCE term (``weight_contrastive``) and a CKD-EHR soft-label term (``weight_soft_label``:
+in-batch InfoNCE term (``weight_contrastive``), a CKD-EHR soft-label term (``weight_soft_label``:
 a linear head on the student embedding learns ``soft_alpha * BCE(hard) + (1 - soft_alpha) *
-BCE(teacher probabilities)``).
+BCE(teacher probabilities)``) and a base-retention term (``weight_base``: the body's pooled
+embedding stays close to the frozen base's, :mod:`ehrembed.distill.losses.retention`).
 
-Teacher agreement on held-out records (MSE, mean cosine) is measured before training and after
-every epoch; the best epoch is kept and training stops after ``patience`` epochs without
-improvement. Pass held-out *patients* as ``val_texts`` / ``val_teacher``; the ``val_fraction``
-fallback splits records at random.
+Teacher agreement on held-out records (MSE, mean cosine, and overlap@10 of nearest-neighbour lists)
+is measured before training and after every epoch; the best epoch by ``monitor`` is kept and
+training stops after ``patience`` epochs without improvement. Pass held-out *patients* as
+``val_texts`` / ``val_teacher``; the ``val_fraction`` fallback splits records at random.
 
 Output layout (``out_dir``)::
 
@@ -55,7 +56,9 @@ from ehrembed.distill import checkpoint as ckpt
 from ehrembed.distill.card import package_versions, render_model_card
 from ehrembed.distill.losses.contrastive import info_nce_loss
 from ehrembed.distill.losses.embedding import mse_and_cosine
+from ehrembed.distill.losses.retention import base_retention_loss
 from ehrembed.distill.losses.soft_label import SoftLabelLoss
+from ehrembed.distill.retention import overlap_at_k
 from ehrembed.fsutil import atomic_dir
 
 if TYPE_CHECKING:
@@ -94,12 +97,15 @@ class DistillConfig:
     weight_soft_label: float = 0.0
     soft_alpha: float = 0.9
     """CKD-EHR mix: ``soft_alpha * BCE(hard) + (1 - soft_alpha) * BCE(teacher probabilities)``."""
+    weight_base: float = 0.0
+    """Base retention: the body's pooled embedding is pulled towards the frozen base's (0: off)."""
     max_tokens: int | None = None
     """Student token budget (``max_seq_length``); ``None`` keeps the student's own."""
     val_fraction: float = 0.1
     """Used only when no explicit validation set is given (a random record-level split)."""
-    monitor: Literal["mse", "cosine"] = "mse"
-    """Held-out teacher agreement that picks the best epoch: lowest MSE or highest cosine."""
+    monitor: Literal["mse", "cosine", "overlap"] = "mse"
+    """Held-out teacher agreement that picks the best epoch: lowest MSE, highest cosine, or highest
+    overlap@10 of nearest-neighbour lists (what similar-patient search and kNN heads feel)."""
     patience: int | None = 2
     """Epochs without improvement before stopping; ``None`` never stops early."""
     min_delta: float = 0.0
@@ -116,7 +122,9 @@ class DistillConfig:
             raise DistillError("epochs, batch_size and eval_batch_size must be at least 1")
         if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
             raise DistillError("lr must be positive and warmup_ratio in [0, 1)")
-        weights = (self.weight_mse, self.weight_cosine, self.weight_contrastive, self.weight_soft_label)
+        weights = (
+            self.weight_mse, self.weight_cosine, self.weight_contrastive, self.weight_soft_label, self.weight_base
+        )  # fmt: skip
         if min(weights) < 0 or sum(weights) == 0:
             raise DistillError("loss weights must be non-negative and not all zero")
         if self.temperature <= 0 or not 0.0 <= self.soft_alpha <= 1.0:
@@ -134,10 +142,12 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class Agreement:
-    """Held-out teacher agreement: per-element MSE and mean row cosine."""
+    """Held-out teacher agreement: per-element MSE, mean row cosine, and mean overlap@10 of
+    nearest-neighbour lists (None where too few records)."""
 
     mse: float
     cosine: float
+    overlap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,38 @@ def _forward(student: SentenceTransformer, texts: Sequence[str], device: torch.d
     return out
 
 
+def _forward_parts(
+    student: SentenceTransformer, texts: Sequence[str], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's output and its body's pooled embedding (the first ``sentence_embedding``, before
+    any Dense projection or normalisation)."""
+    features = _features(student, texts, device)
+    body: torch.Tensor | None = None
+    for module in student:
+        features = module(features)
+        if body is None and "sentence_embedding" in features:
+            body = features["sentence_embedding"]
+    if body is None:
+        raise DistillError("the student produced no sentence_embedding")
+    return features["sentence_embedding"], body
+
+
+@torch.no_grad()
+def encode_body(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """The body's pooled embeddings for ``texts`` (float32, eval mode): the base-retention targets."""
+    was_training = student.training
+    student.eval()
+    device = next(student.parameters()).device
+    try:
+        chunks = [
+            _forward_parts(student, texts[i : i + batch_size], device)[1].float().cpu().numpy()
+            for i in range(0, len(texts), batch_size)
+        ]
+    finally:
+        student.train(was_training)
+    return np.concatenate(chunks).astype(np.float32)
+
+
 @torch.no_grad()
 def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     """Student output (unnormalised ``sentence_embedding``) for ``texts`` as float32, in eval mode."""
@@ -228,7 +270,13 @@ def teacher_agreement(student_vectors: np.ndarray, teacher: np.ndarray) -> Agree
     mse = float(np.mean((s - t) ** 2))
     denom = np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1), 1e-12)
     cosine = float(np.mean(np.sum(s * t, axis=1) / denom))
-    return Agreement(mse=mse, cosine=cosine)
+    k = min(OVERLAP_K, len(t) - 1)
+    overlap = float(overlap_at_k(t, s, k).mean()) if k >= 1 else None
+    return Agreement(mse=mse, cosine=cosine, overlap=overlap)
+
+
+OVERLAP_K = 10
+"""Neighbours compared by the overlap agreement (fewer when the validation set is smaller)."""
 
 
 def evaluate_agreement(
@@ -306,10 +354,14 @@ def _check_portable(student: SentenceTransformer) -> None:
 def _is_better(value: Agreement, best: float, config: DistillConfig) -> bool:
     if config.monitor == "mse":
         return value.mse < best - config.min_delta
-    return value.cosine > best + config.min_delta
+    return _score(value, config) > best + config.min_delta
 
 
 def _score(value: Agreement, config: DistillConfig) -> float:
+    if config.monitor == "overlap":
+        if value.overlap is None:
+            raise DistillError("monitor='overlap' needs at least 2 validation records")
+        return value.overlap
     return value.mse if config.monitor == "mse" else value.cosine
 
 
@@ -394,6 +446,8 @@ def distill(
         student.max_seq_length = config.max_tokens
     student.to(device)
     torch.manual_seed(config.seed)
+    # Base-retention targets come from the untrained student (the base), before any resumed weights load.
+    base = encode_body(student, train_texts, batch_size=config.eval_batch_size) if config.weight_base > 0 else None
 
     labels = hard if hard is not None else soft
     tasks = 0 if labels is None else int(labels.shape[1])
@@ -463,7 +517,7 @@ def distill(
             lr = config.lr * _lr_factor(int(state["step"]), total_steps, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, terms = _loss(student, soft_module, train_texts, train_teacher, hard, soft, idx, config, device)
+            loss, terms = _loss(student, soft_module, train_texts, train_teacher, hard, soft, base, idx, config, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
@@ -626,11 +680,12 @@ def _loss(
     teacher: np.ndarray,
     hard: np.ndarray | None,
     soft: np.ndarray | None,
+    base: np.ndarray | None,
     idx: np.ndarray,
     config: DistillConfig,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    emb = _forward(student, [texts[i] for i in idx], device)
+    emb, body = _forward_parts(student, [texts[i] for i in idx], device)
     target = torch.as_tensor(np.asarray(teacher[idx], dtype=np.float32), device=device)
     if emb.shape != target.shape:
         raise DistillError(
@@ -653,6 +708,12 @@ def _loss(
         soft_term = soft_module(emb, rows(hard), rows(soft))
         loss = loss + config.weight_soft_label * soft_term
         terms["soft_label"] = float(soft_term.detach())
+    if base is not None:
+        retention, retention_terms = base_retention_loss(
+            body.float(), torch.as_tensor(base[idx], dtype=torch.float32, device=device)
+        )
+        loss = loss + config.weight_base * retention
+        terms.update(retention_terms)
     return loss, terms
 
 

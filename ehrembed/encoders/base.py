@@ -23,8 +23,6 @@ EncoderKind = Literal["teacher", "student", "onnx"]
 GTE_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:\n"
 """GTE-Qwen2 style: the task instruction, then the record after ``Query:``."""
 
-DEFAULT_INSTRUCTION = "Given a patient's electronic healthcare record, represent the patient's health state"
-
 
 class EncoderError(ValueError):
     """An encoder cannot be built or used as asked (missing model, bad input, dim mismatch)."""

@@ -22,9 +22,10 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.serialize import Serializer, SerializerConfig
 from ehrembed.ehr.vocabulary import Vocabulary
-from ehrembed.encoders.base import DEFAULT_INSTRUCTION, Encoder, EncoderError
+from ehrembed.encoders.base import Encoder, EncoderError
 from ehrembed.encoders.cache import EmbeddingCache, cache_key
 from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.encoders.instructions import instruction_for
 from ehrembed.settings import get_settings
 
 if TYPE_CHECKING:
@@ -41,16 +42,26 @@ MIN_RECORD_TOKENS = 32
 class EmbedConfig:
     """How records become vectors. ``serializer.max_tokens`` None means the encoder's budget.
 
+    The instruction an encoder gets comes from :func:`~ehrembed.encoders.instructions.instruction_for`:
+    ``question`` is the task's question (None: the generic one), ``instruction`` a full instruction
+    that replaces the rule's wording; encoders without an instruction template get none either way.
     ``guidelines`` appends relevant guideline passages to each record (a share of its budget;
     :mod:`ehrembed.retrieval.augment`); it changes the serializer version, hence the cache keys.
     """
 
-    instruction: str | None = DEFAULT_INSTRUCTION
+    question: str | None = None
+    instruction: str | None = None
     serializer: SerializerConfig = field(default_factory=SerializerConfig)
     batch_size: int = 8
     chunk_size: int = 256
     cache_dir: Path | None = None
     guidelines: GuidelineAugmentation | None = None
+
+    def instruction_for(self, encoder: Encoder) -> str | None:
+        """The instruction ``encoder`` gets for every record of this job (the one rule)."""
+        return instruction_for(
+            encoder.spec, self.question, serializer_format=self.serializer.format, override=self.instruction
+        )
 
 
 @dataclass
@@ -88,7 +99,8 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
     """A serializer whose budget leaves room for the instruction inside the encoder's window."""
     budget = config.serializer.max_tokens
     if budget is None:
-        prefix = encoder.spec.format("", config.instruction) if config.instruction else ""
+        instruction = config.instruction_for(encoder)
+        prefix = encoder.spec.format("", instruction) if instruction else ""
         prefix_tokens = encoder.count_tokens([prefix])[0] if prefix else 0
         budget = encoder.spec.max_tokens - prefix_tokens - _BUDGET_MARGIN
         if budget < MIN_RECORD_TOKENS:
@@ -155,6 +167,7 @@ def embed_records(
     serializer = record_serializer(encoder, vocabulary, config)
     cache = EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
     fingerprint = encoder.spec.fingerprint()
+    instruction = config.instruction_for(encoder)
     wanted = list(subject_ids) if subject_ids is not None else dataset.subject_ids()
     total = len(wanted)
 
@@ -169,7 +182,7 @@ def embed_records(
         if not pending:
             return
         texts = [text for _, text in pending]
-        vectors = encoder.encode(texts, instruction=config.instruction, batch_size=config.batch_size)
+        vectors = encoder.encode(texts, instruction=instruction, batch_size=config.batch_size)
         report.tokens_encoded += sum(encoder.count_tokens(texts))
         cache.put([key for key, _ in pending], vectors)
         report.encoded += len(pending)
@@ -188,7 +201,7 @@ def embed_records(
                 continue
             result = serializer.serialize_with_stats(patient, as_of=when)
             report.truncated_records += result.truncated
-            key = cache_key(fingerprint, serializer.version, config.instruction, result.text)
+            key = cache_key(fingerprint, serializer.version, instruction, result.text)
             keys.append(key)
             row_ids.append(patient.subject_id)
             row_times.append(when)
@@ -215,7 +228,7 @@ def embed_records(
         vectors=cache.get_many(keys),
         spec=encoder.spec,
         serializer_version=serializer.version,
-        instruction=config.instruction,
+        instruction=instruction,
         extra={
             "dataset": dataset.name,
             "serializer": dataclasses.asdict(serializer.config),

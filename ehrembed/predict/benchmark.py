@@ -65,6 +65,20 @@ DENSE_ONLY_HEADS = frozenset({"knn"})
 
 Progress = Callable[[int, int], None]
 
+EncoderFeatures = Features | Mapping[str, Features]
+"""An encoder's features: one matrix for every task, or one per task name (instruction-tuned encoders)."""
+
+
+def features_for_task(features: EncoderFeatures, task: str) -> Features | None:
+    """The features an encoder offers for ``task`` (None: none were made for it)."""
+    return features.get(task) if isinstance(features, Mapping) else features
+
+
+def _is_dense(features: EncoderFeatures) -> bool:
+    if isinstance(features, Mapping):
+        return all(f.dense for f in features.values())
+    return features.dense
+
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
@@ -127,8 +141,8 @@ def _cells(config: BenchmarkConfig, heads: Sequence[str]) -> int:
     return len(heads) * sum(1 if k == ALL else config.replicates for k in config.ks)
 
 
-def _heads_for(config: BenchmarkConfig, feats: Features) -> list[str]:
-    return [h for h in config.heads if feats.dense or h not in DENSE_ONLY_HEADS]
+def _heads_for(config: BenchmarkConfig, feats: EncoderFeatures) -> list[str]:
+    return [h for h in config.heads if _is_dense(feats) or h not in DENSE_ONLY_HEADS]
 
 
 def _run_encoder(
@@ -136,14 +150,17 @@ def _run_encoder(
     group: str,
     encoder: str,
     frame: pl.DataFrame,
-    feats: Features,
+    encoder_features: EncoderFeatures,
     config: BenchmarkConfig,
     results: list[dict[str, Any]],
     missing: list[dict[str, Any]],
     tick: Callable[[], None],
 ) -> str | None:
     """Every cell of one (task, encoder); returns why none could run, or None."""
-    heads = _heads_for(config, feats)
+    heads = _heads_for(config, encoder_features)
+    feats = features_for_task(encoder_features, task_name)
+    if feats is None:
+        feats = Features(encoder, frame.select(s.SUBJECT_ID, PREDICTION_TIME).clear(), np.zeros((0, 1), np.float32))
     train = _split_rows(frame, feats, s.Split.TRAIN.value)
     tuning = _split_rows(frame, feats, s.Split.TUNING.value)
     held_out = _split_rows(frame, feats, s.Split.HELD_OUT.value)
@@ -225,7 +242,7 @@ def split_counts(frame: pl.DataFrame) -> dict[str, int]:
 
 def run_benchmark(
     labelsets: Sequence[LabelSet],
-    features: Mapping[str, Features],
+    features: Mapping[str, EncoderFeatures],
     splits: pl.DataFrame,
     config: BenchmarkConfig | None = None,
     *,

@@ -84,17 +84,22 @@ def fit_head(
     out_root: Path,
     *,
     task: str | None = None,
+    question: str | None = None,
     dataset_name: str | None = None,
     config: EmbedConfig | None = None,
 ) -> FittedHead:
-    """Embed the examples, fit the head (validated on tuning-split patients) and save it under ``out_root/ID``."""
+    """Embed the examples, fit the head (validated on tuning-split patients) and save it under ``out_root/ID``.
+
+    ``question`` is the task's question: instruction-tuned encoders embed the examples with it (the
+    instruction rule, :mod:`ehrembed.encoders.instructions`), and predictions reuse the same instruction.
+    """
     if not examples:
         raise HeadError("no labelled examples to fit on")
     frame = _examples_frame(examples).unique(subset=[s.SUBJECT_ID, PREDICTION_TIME], keep="last")
     times: dict[int, list[dt.datetime]] = {}
     for sid, when in frame.select(s.SUBJECT_ID, PREDICTION_TIME).iter_rows():
         times.setdefault(int(sid), []).append(when)
-    embeddings, _report = embed_records(dataset, encoder, config or EmbedConfig(instruction=None), as_of=times)
+    embeddings, _report = embed_records(dataset, encoder, config or EmbedConfig(question=question), as_of=times)
     found = pl.DataFrame(
         {s.SUBJECT_ID: embeddings.subject_ids, PREDICTION_TIME: embeddings.as_of.astype("datetime64[us]")}
     ).with_row_index("__row")

@@ -6,7 +6,13 @@ Encoders are named by strings, so the CLI and the main job share one path:
 - ``teacher``, ``student``, ``student-onnx`` or a model folder: records are serialized at each
   label's prediction time and embedded (cached, so a re-run only embeds what is new);
 - ``ENCODER+guidelines``: the same, with relevant guideline passages appended to each record;
-- ``NAME=SPEC``: any of the above (or the path of a saved embedding set) under another name.
+- ``NAME=SPEC``: any of the above (or the path of a saved embedding set) under another name;
+- ``count+NAME``: the count features beside the vectors of ``NAME``, another encoder of the same run
+  (:func:`~ehrembed.predict.features.fused_features`).
+
+**Instructions.** Instruction-tuned encoders (teachers) embed each task's times with the task's
+question (:mod:`ehrembed.encoders.instructions`), so their features are per task; ``generic``
+embeds every time once with the generic question instead, for comparison.
 
 **Sampling.** Embedding every prediction time of every task with an LLM teacher on a CPU is out of
 reach, so ``sample_positives`` / ``sample_background`` keep a case-cohort sample: up to that many
@@ -18,22 +24,25 @@ this sampling; AUPRC and Brier are not (positives are enriched), so compare thos
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
+from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
-from ehrembed.predict.benchmark import BenchmarkConfig, BenchmarkResult, run_benchmark
-from ehrembed.predict.features import Features, count_features, embedding_features
+from ehrembed.predict.benchmark import BenchmarkConfig, BenchmarkResult, EncoderFeatures, run_benchmark
+from ehrembed.predict.features import Features, count_features, embedding_features, fused_features
 from ehrembed.predict.labelers import LabelSet, label_dataset
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.report import write_report
@@ -41,6 +50,7 @@ from ehrembed.predict.tasks import TaskError, TaskSpec
 
 COUNT = "count"
 GUIDELINES_SUFFIX = "+guidelines"
+FUSION_PREFIX = "count+"
 
 Progress = Callable[[str, int, int], None]
 """Called with (stage description, done, total)."""
@@ -65,6 +75,8 @@ class EncoderChoice:
     name: str
     source: str
     guidelines: bool = False
+    fuse: str | None = None
+    """For ``count+NAME``: the encoder of the run whose vectors sit beside the counts."""
 
     @property
     def is_count(self) -> bool:
@@ -81,6 +93,13 @@ def parse_encoder(text: str) -> EncoderChoice:
         name, spec = text, text
     if not name or not spec:
         raise ValueError(f"encoder {text!r} must be NAME=SPEC or SPEC")
+    if spec.startswith(FUSION_PREFIX):
+        partner = spec.removeprefix(FUSION_PREFIX).strip()
+        if not partner or partner == COUNT:
+            raise ValueError(
+                f"encoder {text!r}: count+NAME needs NAME, another encoder of the run (e.g. count+student)"
+            )
+        return EncoderChoice(name=name, source=spec, fuse=partner)
     guidelines = spec.endswith(GUIDELINES_SUFFIX)
     source = spec.removesuffix(GUIDELINES_SUFFIX) if guidelines else spec
     if name == spec and not sep and Path(source).exists():
@@ -94,6 +113,7 @@ class BenchmarkJobConfig:
 
     encoders: tuple[str, ...] = (COUNT, "student")
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    generic_instruction: bool = False
     max_tokens: int | None = 512
     batch_size: int = 8
     sample_positives: int | None = None
@@ -206,6 +226,25 @@ def times_by_subject(keys: pl.DataFrame) -> dict[int, list[Any]]:
     return out
 
 
+def _load_encoder(choice: EncoderChoice, max_tokens: int | None) -> Encoder:
+    """The choice's encoder; ``max_tokens`` sets a teacher's window but may only shorten a student's."""
+    from ehrembed.encoders import encoder_kind, load_encoder
+
+    if max_tokens is not None and encoder_kind(choice.source) != "teacher":
+        encoder = load_encoder(choice.source)
+        if encoder.spec.max_tokens > max_tokens:
+            encoder = load_encoder(choice.source, max_tokens=max_tokens)
+        return encoder
+    return load_encoder(choice.source, **({} if max_tokens is None else {"max_tokens": max_tokens}))
+
+
+def _saved_set(choice: EncoderChoice) -> Path | None:
+    source = Path(choice.source)
+    if source.exists() and ((source / "embedding.json").exists() or source.suffix == ".parquet"):
+        return source
+    return None
+
+
 def embed_keys(
     dataset: MedsDataset,
     choice: EncoderChoice,
@@ -215,34 +254,27 @@ def embed_keys(
     max_tokens: int | None,
     batch_size: int,
     guidelines_kb: str | None = None,
+    question: str | None = None,
+    encoder: Encoder | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[EmbeddingSet, dict[str, Any]]:
-    """Embed each (subject, time) of ``keys`` with the chosen encoder (or load a saved set); speed figures."""
-    source = Path(choice.source)
-    if source.exists() and ((source / "embedding.json").exists() or source.suffix == ".parquet"):
-        embeddings = EmbeddingSet.load(source)
-        return embeddings, {"source": str(source), "rows": len(embeddings)}
-    from ehrembed.encoders import encoder_kind, load_encoder
-    from ehrembed.encoders.base import DEFAULT_INSTRUCTION
+    """Embed each (subject, time) of ``keys`` with the chosen encoder (or load a saved set); speed figures.
+
+    ``question`` is the task's question for instruction-tuned encoders (None: the generic one).
+    """
+    saved = _saved_set(choice)
+    if saved is not None:
+        embeddings = EmbeddingSet.load(saved)
+        return embeddings, {"source": str(saved), "rows": len(embeddings)}
     from ehrembed.encoders.job import EmbedConfig, embed_dataset
 
-    if max_tokens is not None and encoder_kind(choice.source) != "teacher":
-        # A student keeps its own (shorter) window: ``max_tokens`` may only shorten it.
-        encoder = load_encoder(choice.source)
-        if encoder.spec.max_tokens > max_tokens:
-            encoder = load_encoder(choice.source, max_tokens=max_tokens)
-    else:
-        encoder = load_encoder(choice.source, **({} if max_tokens is None else {"max_tokens": max_tokens}))
+    encoder = encoder or _load_encoder(choice, max_tokens)
     guidelines = None
     if choice.guidelines:
         from ehrembed.retrieval.augment import GuidelineAugmentation
 
         guidelines = GuidelineAugmentation(kb=guidelines_kb)
-    config = EmbedConfig(
-        instruction=DEFAULT_INSTRUCTION if encoder.spec.instruction_template else None,
-        batch_size=batch_size,
-        guidelines=guidelines,
-    )
+    config = EmbedConfig(question=question, batch_size=batch_size, guidelines=guidelines)
     report = embed_dataset(dataset, encoder, out, config, as_of=times_by_subject(keys), progress=progress)
     info = report.as_dict()
     info["records_per_second"] = (
@@ -250,7 +282,100 @@ def embed_keys(
     )
     info["encoder"] = encoder.spec.name
     info["max_tokens"] = encoder.spec.max_tokens
+    info["instruction"] = config.instruction_for(encoder)
     return EmbeddingSet.load(out), info
+
+
+TaskEmbeddings = EmbeddingSet | dict[str, EmbeddingSet]
+"""One embedding set for every task, or one per task name (instruction-tuned encoders: one instruction a task)."""
+
+
+def embed_tasks(
+    dataset: MedsDataset,
+    choice: EncoderChoice,
+    labelsets: Sequence[LabelSet],
+    out: Path,
+    *,
+    max_tokens: int | None,
+    batch_size: int,
+    guidelines_kb: str | None = None,
+    generic: bool = False,
+    encoder: Encoder | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[TaskEmbeddings, dict[str, Any]]:
+    """Embed the tasks' labelled times with the chosen encoder, the way the instruction rule says.
+
+    An encoder whose vectors do not depend on the instruction (a student) embeds every time once;
+    an instruction-tuned one (a teacher) embeds each task's times with the task's question, into
+    ``out/{task}`` (or once with the generic question when ``generic``). ``encoder`` is the choice's
+    encoder already loaded (e.g. with another pooling); by default it is loaded here.
+    """
+    from ehrembed.encoders.instructions import instruction_for
+
+    all_keys = label_keys(labelsets)
+    if _saved_set(choice) is not None:
+        return embed_keys(dataset, choice, all_keys, out, max_tokens=max_tokens, batch_size=batch_size)
+    encoder = encoder or _load_encoder(choice, max_tokens)
+    embed = functools.partial(
+        embed_keys, dataset, choice, max_tokens=max_tokens, batch_size=batch_size, guidelines_kb=guidelines_kb,
+        encoder=encoder,
+    )  # fmt: skip
+    if generic or instruction_for(encoder.spec, "?") is None:
+        return embed(all_keys, out, progress=progress)
+    per_task: dict[str, EmbeddingSet] = {}
+    infos: list[dict[str, Any]] = []
+    total = sum(ls.frame().get_column(s.SUBJECT_ID).n_unique() for ls in labelsets)
+    done_before = 0
+    for labelset in labelsets:
+        keys = label_keys([labelset])
+        offset = done_before
+
+        def step(done: int, _total: int, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + done, total)
+
+        per_task[labelset.task.name], info = embed(
+            keys, out / labelset.task.name, question=labelset.task.question, progress=step
+        )
+        infos.append(info)
+        done_before += keys.get_column(s.SUBJECT_ID).n_unique()
+    merged: dict[str, Any] = {k: infos[0][k] for k in ("encoder", "max_tokens")}
+    for key in ("rows", "encoded", "cached", "truncated_records", "seconds", "tokens_encoded"):
+        merged[key] = sum(i.get(key) or 0 for i in infos)
+    merged["records_per_second"] = (
+        round(merged["encoded"] / merged["seconds"], 3) if merged["encoded"] and merged["seconds"] else None
+    )
+    merged["instructions"] = {ls.task.name: i["instruction"] for ls, i in zip(labelsets, infos, strict=True)}
+    return per_task, merged
+
+
+def check_fusions(choices: Sequence[EncoderChoice]) -> None:
+    """Every ``count+NAME`` names another (non-fused, non-count) encoder of the same run."""
+    names = {c.name: c for c in choices}
+    for choice in choices:
+        if choice.fuse is None:
+            continue
+        partner = names.get(choice.fuse)
+        if partner is None or partner.fuse is not None or partner.is_count:
+            others = ", ".join(c.name for c in choices if c.fuse is None and not c.is_count) or "none"
+            raise ValueError(
+                f"encoder {choice.name}: {choice.fuse!r} is not an encoder of this run (its encoders: {others})"
+            )
+
+
+def task_features(name: str, embeddings: TaskEmbeddings) -> EncoderFeatures:
+    """Features of one embedding set, or per task of per-task sets."""
+    if isinstance(embeddings, EmbeddingSet):
+        return embedding_features(name, embeddings)
+    return {task: embedding_features(name, emb) for task, emb in embeddings.items()}
+
+
+def fuse(counts: Features, partner: EncoderFeatures, name: str, fit_subjects: np.ndarray) -> EncoderFeatures:
+    """``count+NAME`` features: the counts beside the partner's vectors (per task where the partner is);
+    the vectors' principal components are fitted on ``fit_subjects`` (the train split) only."""
+    if isinstance(partner, Mapping):
+        return {task: fused_features(counts, f, name, fit_subjects=fit_subjects) for task, f in partner.items()}
+    return fused_features(counts, partner, name, fit_subjects=fit_subjects)
 
 
 def _encoding_section(encoding: dict[str, dict[str, Any]]) -> str:
@@ -271,7 +396,7 @@ def benchmark_dataset(
     out: Path,
     config: BenchmarkJobConfig | None = None,
     *,
-    embeddings: dict[str, EmbeddingSet] | None = None,
+    embeddings: dict[str, TaskEmbeddings] | None = None,
     encoding: dict[str, dict[str, Any]] | None = None,
     labelled: tuple[list[LabelSet], dict[str, str]] | None = None,
     progress: Progress | None = None,
@@ -289,6 +414,7 @@ def benchmark_dataset(
     names = [c.name for c in choices]
     if len(set(names)) != len(names):
         raise ValueError(f"encoder names must be unique, got {names}")
+    check_fusions(choices)
     out = Path(out)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -309,27 +435,36 @@ def benchmark_dataset(
     keys = label_keys(labelsets)
     timings["label"] = time.perf_counter() - started
 
-    features: dict[str, Features] = {}
+    features: dict[str, EncoderFeatures] = {}
     encoding = dict(encoding or {})
-    for choice in choices:
+    counts: Features | None = None
+    for choice in sorted(choices, key=lambda c: c.fuse is not None):  # fusions last: they reuse the others
         started = time.perf_counter()
+        if (choice.is_count or choice.fuse is not None) and counts is None:
+            counts = count_features(dataset, keys, ontology=ontology, name=COUNT)
         if choice.is_count:
-            features[choice.name] = count_features(dataset, keys, ontology=ontology, name=choice.name)
+            assert counts is not None
+            features[choice.name] = dataclasses.replace(counts, name=choice.name)
+        elif choice.fuse is not None:
+            assert counts is not None
+            train = dataset.splits().filter(pl.col(s.SPLIT) == s.Split.TRAIN.value).get_column(s.SUBJECT_ID)
+            features[choice.name] = fuse(counts, features[choice.fuse], choice.name, train.to_numpy())
         else:
             emb = (embeddings or {}).get(choice.name)
             if emb is None:
-                emb, info = embed_keys(
+                emb, info = embed_tasks(
                     dataset,
                     choice,
-                    keys,
+                    labelsets,
                     out / "embeddings" / choice.name.replace("/", "_"),
                     max_tokens=config.max_tokens,
                     batch_size=config.batch_size,
                     guidelines_kb=config.guidelines_kb,
+                    generic=config.generic_instruction,
                     progress=_stage(progress, f"embedding ({choice.name})"),
                 )
                 encoding[choice.name] = info
-            features[choice.name] = embedding_features(choice.name, emb)
+            features[choice.name] = task_features(choice.name, emb)
         timings[f"features:{choice.name}"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -38,6 +38,7 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 GROUPS = ("operational", "new_diagnosis", "abnormal_lab", "custom")
 INPATIENT_VISIT_CODES = ("Visit/IP", "Visit/ERIP", "Visit/IMP")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+_PARENTHETICAL = re.compile(r"\s*\([^()]*\)")
 _CODE = re.compile(r"^[^\s/]+/\S+$|^MEDS_[A-Z_]+$")
 
 
@@ -191,7 +192,8 @@ class TaskSpec(_Frozen):
     description: str = ""
     group: Literal["operational", "new_diagnosis", "abnormal_lab", "custom"] = "custom"
     instruction: str | None = None
-    """A short question for instruction-tuned teachers ("will the patient ..."); optional."""
+    """The task's question for instruction-tuned encoders ("will the patient ..."); optional: without
+    one, :attr:`question` derives it from the description (or the name)."""
     prediction_times: PredictionTimes = Field(default_factory=PredictionTimes)
     horizon: Horizon = Field(default_factory=Horizon)
     outcome: Outcome
@@ -232,6 +234,20 @@ class TaskSpec(_Frozen):
                 f"{self.outcome.rule!r} (use {' or '.join(sorted(allowed))})"
             )
         return self
+
+    @property
+    def question(self) -> str:
+        """The question that goes into an instruction-tuned encoder's instruction
+        (:func:`ehrembed.encoders.instructions.instruction_for`): ``instruction``, else one derived from
+        the description without its parenthetical remarks, else from the name."""
+        if self.instruction and self.instruction.strip():
+            return " ".join(self.instruction.split())
+        text = " ".join(_PARENTHETICAL.sub("", self.description).split()).rstrip(" .")
+        if not text:
+            text = self.name.replace("_", " ").replace("-", " ")
+        if not text[1:2].isupper():  # "Atrial fibrillation" -> "atrial fibrillation"; "GI bleed" stays
+            text = text[:1].lower() + text[1:]
+        return f"will the patient have: {text}"
 
     @property
     def outcome_codes(self) -> tuple[str, ...]:

@@ -47,15 +47,21 @@ def _database(backend: str, home: Path) -> Iterator[str | None]:
 
 @pytest.fixture(scope="package", params=BACKENDS)
 def served(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_student_dir: Path,
+    tiny_qwen2_dir: Path,
 ) -> Iterator[Served]:
     """The API on a synthetic cohort, with the store on SQLite and (when available) PostgreSQL."""
     with _database(request.param, tmp_path_factory.mktemp("api_db")) as url:
-        yield from _serve(tmp_path_factory, tiny_student_dir, url)
+        yield from _serve(tmp_path_factory, tiny_student_dir, url, tiny_qwen2_dir)
 
 
 def _serve(
-    tmp_path_factory: pytest.TempPathFactory, tiny_student_dir: Path, database_url: str | None
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_student_dir: Path,
+    database_url: str | None,
+    tiny_teacher_dir: Path | None = None,
 ) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("api_home")
     guidelines = home / "guidelines_md"
@@ -67,7 +73,7 @@ def _serve(
     generate_cohort(SynthConfig(n_subjects=120, seed=3), data)
     dataset = MedsDataset.open(data)
     encoder = StudentEncoder.from_folder(tiny_student_dir)
-    embed_dataset(dataset, encoder, home / "emb", EmbedConfig(instruction=None, cache_dir=home / "cache"))
+    embed_dataset(dataset, encoder, home / "emb", EmbedConfig(cache_dir=home / "cache"))
     from ehrembed.encoders.embeddings import EmbeddingSet
 
     build_index(EmbeddingSet.load(home / "emb"), home / "index")
@@ -78,6 +84,8 @@ def _serve(
     with session_scope(engine) as session:
         register_meds(session, dataset, "synth", name="demo")
         record_artifact(session, "model", "tiny", tiny_student_dir, encoder.spec.to_dict(), "demo")
+        if tiny_teacher_dir is not None:  # an instruction-tuned encoder: its vectors depend on the task
+            record_artifact(session, "model", "tinyteacher", tiny_teacher_dir, {}, "demo")
         record_artifact(session, "embeddings", "tiny-emb", home / "emb", encoder.spec.to_dict(), "demo")
         record_artifact(session, "index", "demo-index", home / "index", {}, "demo")
         for scope in ("read", "write", "admin"):

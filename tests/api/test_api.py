@@ -148,6 +148,36 @@ def test_embeddings_for_subjects_and_records(served: Served) -> None:
     )
 
 
+def test_embeddings_follow_the_task_instruction(served: Served) -> None:
+    """An instruction-tuned encoder embeds for the task's question; a student's vectors ignore the task."""
+    c, sid = served.client, _subject(served)
+
+    def vector(encoder: str, task: str | None) -> list[float]:
+        body = {"dataset": "demo", "subject_ids": [sid], "encoder": encoder, **({"task": task} if task else {})}
+        res = c.post("/v1/embeddings", json=body, headers=served.headers())
+        assert res.status_code == 200, res.text
+        return res.json()["rows"][0]["vector"]
+
+    generic, afib, htn = (vector("tinyteacher", t) for t in (None, "new_afib", "new_hypertension"))
+    assert generic != afib and afib != htn and afib == vector("tinyteacher", "new_afib")
+    assert vector("tiny", "new_afib") == vector("tiny", None)
+    inline = c.post(
+        "/v1/embeddings",
+        json={"records": ["a record"], "encoder": "tinyteacher", "task": "new_afib"},
+        headers=served.headers(),
+    )
+    assert inline.status_code == 200, inline.text
+    _error(
+        c.post(
+            "/v1/embeddings",
+            json={"dataset": "demo", "subject_ids": [sid], "encoder": "tinyteacher", "task": "no_such_task"},
+            headers=served.headers(),
+        ),
+        404,
+        "task",
+    )
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "npy", "csv"])
 def test_export_streams_a_file(served: Served, fmt: str) -> None:
     res = served.client.get(

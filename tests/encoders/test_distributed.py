@@ -32,11 +32,11 @@ def test_ray_matches_single_process(ray_local: None, tmp_path: Path, tiny_qwen2_
     dataset = MedsDataset.open(tmp_path / "meds")
     assert len(dataset.shards) == 3
     config = EmbedConfig(batch_size=4, cache_dir=tmp_path / "cache-single")
-    encoder = TeacherEncoder.from_folder(tiny_qwen2_dir, max_tokens=200)
+    encoder = TeacherEncoder.from_folder(tiny_qwen2_dir, max_tokens=400)
     embed_dataset(dataset, encoder, tmp_path / "single", config)
     ray_config = EmbedConfig(batch_size=4, cache_dir=tmp_path / "cache-ray")
     report = embed_dataset_ray(
-        dataset, str(tiny_qwen2_dir), tmp_path / "ray", ray_config, encoder_kwargs={"max_tokens": 200}, num_actors=2
+        dataset, str(tiny_qwen2_dir), tmp_path / "ray", ray_config, encoder_kwargs={"max_tokens": 400}, num_actors=2
     )
     single, distributed = EmbeddingSet.load(tmp_path / "single"), EmbeddingSet.load(tmp_path / "ray")
     assert report.rows == len(single) == 24 and report.encoded == 24
@@ -46,11 +46,11 @@ def test_ray_matches_single_process(ray_local: None, tmp_path: Path, tiny_qwen2_
     assert single.serializer_version == distributed.serializer_version
     assert distributed.extra["ray"]["shards"] == 3
     again = embed_dataset_ray(
-        dataset, str(tiny_qwen2_dir), tmp_path / "ray2", ray_config, encoder_kwargs={"max_tokens": 200}
+        dataset, str(tiny_qwen2_dir), tmp_path / "ray2", ray_config, encoder_kwargs={"max_tokens": 400}
     )
     assert again.cached == 24 and again.encoded == 0  # the shared cache: a re-run only reads
     subset = embed_dataset_ray(
-        dataset, str(tiny_qwen2_dir), tmp_path / "ray3", ray_config, encoder_kwargs={"max_tokens": 200},
+        dataset, str(tiny_qwen2_dir), tmp_path / "ray3", ray_config, encoder_kwargs={"max_tokens": 400},
         subject_ids=[*dataset.subject_ids()[:5], 999_999],
     )  # fmt: skip
     assert subset.rows == 5 and subset.skipped == {"unknown subject": 1}

@@ -206,7 +206,7 @@ def test_missing_or_wrong_folder_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_bad_settings_are_rejected(tiny_qwen2_dir: Path) -> None:
-    with pytest.raises(EncoderError, match="exceeds the model's 256 positions"):
+    with pytest.raises(EncoderError, match="exceeds the model's 512 positions"):
         TeacherEncoder.from_folder(tiny_qwen2_dir, max_tokens=4096)
     with pytest.raises(EncoderError, match="pooling must be"):
         TeacherEncoder.from_folder(tiny_qwen2_dir, pooling="max", max_tokens=128)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -130,6 +131,38 @@ def test_parse_encoder() -> None:
     assert parse_encoder("mine=/models/x").name == "mine"
     with pytest.raises(ValueError, match="NAME=SPEC"):
         parse_encoder("=x")
+    fused = parse_encoder("count+teacher+guidelines")
+    assert (fused.name, fused.fuse, fused.is_count) == ("count+teacher+guidelines", "teacher+guidelines", False)
+    with pytest.raises(ValueError, match="needs NAME"):
+        parse_encoder("count+")
+
+
+def test_fusion_runs_beside_its_partner_and_names_a_missing_one(synth: MedsDataset, tmp_path: Path) -> None:
+    from ehrembed.encoders.embeddings import EmbeddingSet
+
+    tasks = resolve_tasks(["new_hypertension"])
+    labelsets, _ = label_tasks(synth, tasks)
+    keys = label_keys([restrict(ls, case_cohort_keys(labelsets, positives=30, background=80)) for ls in labelsets])
+    embed_dataset(synth, HashEncoder(), tmp_path / "hash", as_of=times_by_subject(keys))
+    config = BenchmarkJobConfig(
+        encoders=("count", "hash", "count+hash"), benchmark=BenchmarkConfig(ks=(4, "all"), replicates=1, n_bootstrap=0),
+        sample_positives=30, sample_background=80,
+    )  # fmt: skip
+    result = benchmark_dataset(
+        synth, tasks, tmp_path / "report", config, embeddings={"hash": EmbeddingSet.load(tmp_path / "hash")}
+    )
+    frame = result.result.results
+    fused = frame.filter(pl.col("encoder") == "count+hash")
+    assert set(fused.get_column("head")) == {"lightgbm", "logistic"}  # sparse: no kNN
+    assert fused.height == frame.filter(pl.col("encoder") == "count").height
+    with pytest.raises(ValueError, match="'student' is not an encoder of this run"):
+        benchmark_dataset(
+            synth, tasks, tmp_path / "x", dataclasses.replace(config, encoders=("count", "hash", "count+student"))
+        )
+    failed = runner.invoke(
+        app, ["benchmark", str(synth.root), "--encoders", "count,count+teacher", "--out", str(tmp_path / "y")]
+    )
+    assert failed.exit_code == 2 and "'teacher' is not an encoder of this run" in failed.output
 
 
 def test_cli_benchmark_and_tasks(synth: MedsDataset, tmp_path: Path) -> None:

@@ -217,7 +217,7 @@ def test_embed_job_with_guidelines_changes_records_and_cache_keys(
     kb_dir = build_knowledge_base(guideline_dir, RetrievalModelConfig.minilm(tiny_bert_dir)).save(tmp_path / "kb")
     generate_cohort(SynthConfig(n_subjects=8, seed=5), tmp_path / "meds")
     cohort = MedsDataset.open(tmp_path / "meds")
-    teacher = TeacherEncoder.from_folder(tiny_qwen2_dir, max_tokens=256)
+    teacher = TeacherEncoder.from_folder(tiny_qwen2_dir, max_tokens=400)
     augmentation = GuidelineAugmentation(kb=str(kb_dir), share=0.5, max_passage_chars=60, k=1, min_similarity=None)
     plain_config = EmbedConfig(chunk_size=4, cache_dir=tmp_path / "cache")
     config = dataclasses.replace(plain_config, guidelines=augmentation)

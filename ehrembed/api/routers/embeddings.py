@@ -10,10 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ehrembed.api.deps import ReadKey, StateDep, audit, require_subjects
+from ehrembed.api.deps import ReadKey, StateDep, audit, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut
-from ehrembed.encoders.base import DEFAULT_INSTRUCTION
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.encoders.job import EmbedConfig, embed_records
 from ehrembed.schema import normalize_time
@@ -28,21 +27,21 @@ MEDIA = {"parquet": "application/vnd.apache.parquet", "npy": "application/octet-
 @router.post("", response_model=EmbeddingsOut)
 def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) -> EmbeddingsOut:
     """Vectors of stored subjects' records (as of a time) or of inline record texts, with the named encoder."""
+    if body.subject_ids is not None:
+        assert body.dataset is not None
+        audit(request, body.dataset, body.subject_ids)  # first, so a request refused below is audited too
     encoder = state.encoder(body.encoder)
-    instruction = DEFAULT_INSTRUCTION if encoder.spec.instruction_template else None
+    config = EmbedConfig(question=resolve_task(state, body.task).question if body.task is not None else None)
     if body.records is not None:
-        vectors = encoder.encode(body.records, instruction=instruction)
+        vectors = encoder.encode(body.records, instruction=config.instruction_for(encoder))
         rows = [EmbeddingRow(subject_id=None, as_of=None, vector=v.tolist()) for v in vectors]
         return EmbeddingsOut(encoder=body.encoder, dim=encoder.spec.dim, rows=rows)
     assert body.dataset is not None and body.subject_ids is not None
-    audit(request, body.dataset, body.subject_ids)
     handle = state.dataset(body.dataset)
     as_of = normalize_time(body.as_of) if body.as_of is not None else None
     with handle.lock.read():
         require_subjects(handle, body.subject_ids, "subject_ids")
-        embeddings, report = embed_records(
-            handle.dataset, encoder, EmbedConfig(instruction=instruction), subject_ids=body.subject_ids, as_of=as_of
-        )
+        embeddings, report = embed_records(handle.dataset, encoder, config, subject_ids=body.subject_ids, as_of=as_of)
     if report.skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
         raise ApiError(422, f"some subjects have no record to embed ({reasons})", "as_of")

@@ -6,19 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects
+from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
-from ehrembed.api.state import ServiceState
 from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
 from ehrembed.predict.job import case_cohort_keys, restrict
 from ehrembed.predict.labelers import label_dataset
-from ehrembed.predict.tasks import TaskSpec, builtin_task_names, parse_task, resolve_tasks
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.schema import Label, normalize_time
 from ehrembed.store.catalog import record_artifact
-from ehrembed.store.errors import NotFoundError
-from ehrembed.store.repository import get_task
 
 router = APIRouter(prefix="/v1/heads", tags=["heads"])
 
@@ -38,26 +34,15 @@ def _head_out(fitted: FittedHead) -> HeadOut:
     )
 
 
-def _task(state: ServiceState, name: str) -> TaskSpec:
-    """A stored task by name, else a built-in one (never a file path: clients cannot read server files)."""
-    with state.session() as session:
-        try:
-            return parse_task(get_task(session, name).definition, source=name)
-        except NotFoundError:
-            pass
-    if name in builtin_task_names():
-        return resolve_tasks([name])[0]
-    raise ApiError(404, f"unknown task {name!r}; see GET /v1/tasks", "task")
-
-
 @router.post("", response_model=HeadOut, status_code=201)
 def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> HeadOut:
     """Fit a head on a task's labels (a stable sample of ``max_examples``) or on inline labelled examples."""
     handle = state.dataset(body.dataset)
     encoder = state.encoder(body.encoder)
+    spec = None
     with handle.lock.read():
         if body.task is not None:
-            spec = _task(state, body.task)
+            spec = resolve_task(state, body.task)
             labels = label_dataset(spec, handle.dataset)
             half = body.max_examples // 2
             labels = restrict(labels, case_cohort_keys([labels], positives=half, background=half))
@@ -68,7 +53,14 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
             examples = [Label(e.subject_id, normalize_time(e.prediction_time), e.label) for e in body.examples]
         audit(request, body.dataset, sorted({e.subject_id for e in examples}))
         fitted = fit_head(
-            handle.dataset, encoder, examples, body.head, state.heads_dir(), task=body.task, dataset_name=body.dataset
+            handle.dataset,
+            encoder,
+            examples,
+            body.head,
+            state.heads_dir(),
+            task=body.task,
+            question=spec.question if spec is not None else None,
+            dataset_name=body.dataset,
         )
     with state.session() as session:
         record_artifact(session, "head", fitted.head_id, state.heads_dir() / fitted.head_id, fitted.card, body.dataset)

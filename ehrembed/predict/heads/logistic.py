@@ -1,6 +1,7 @@
 """L2-regularised logistic regression (EHRSHOT's linear probe) with C chosen on the validation set.
 
-Sparse count features are log-transformed and scaled by each column's largest training value;
+Sparse features (counts, or counts beside vectors) are log-transformed (sign(x)·log(1+|x|), so negative
+vector entries keep their sign) and scaled by each column's largest training magnitude;
 dense embeddings are used as they are. Saved as JSON coefficients.
 """
 
@@ -47,7 +48,7 @@ class LogisticHead:
     def _transform(self, X: Matrix) -> Matrix:
         if sp.issparse(X):
             out = sp.csr_matrix(X, dtype=np.float64, copy=True)
-            out.data = np.log1p(np.maximum(out.data, 0.0))
+            out.data = np.sign(out.data) * np.log1p(np.abs(out.data))
             if self.scale is not None:
                 out = out.multiply(1.0 / self.scale).tocsr()
             return out
