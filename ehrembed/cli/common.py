@@ -52,11 +52,16 @@ class RecordFormat(StrEnum):
 
     markdown = "markdown"
     list = "list"
+    list_dated = "list_dated"
 
 
 FormatOption = Annotated[
     RecordFormat,
-    typer.Option("--format", help="Record layout: markdown (visits, newest first) or list (unique codes)."),
+    typer.Option(
+        "--format",
+        help="Record layout: markdown (visits, newest first), list (unique codes, the reference's final format) "
+        "or list_dated (unique codes with their age and demographics).",
+    ),
 ]
 
 

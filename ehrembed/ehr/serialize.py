@@ -6,7 +6,12 @@ Two layouts (../shared/DESIGN.md section 4):
   body metrics / vital signs / lab results (last values with units and low/normal/high flags),
   a one-line-per-visit list, unique events outside visits, then each visit newest first with its
   conditions, medications, procedures and measurements.
-- ``list``: one line per unique code, most recent occurrence first (less text, similar quality).
+- ``list``: the reference's final format — one line per unique code, most recent first,
+  ``description (unit): value`` with numbers to 2 decimals (trailing zeros stripped), no title,
+  headings or dates; codes without a description are dropped and undated codes (sex, race) come
+  last, so over budget they and then the oldest codes go first.
+- ``list_dated``: the earlier list — title, current time and demographics, then one line per
+  unique code, most recent first, with its age (``(3 days ago)``) and low/normal/high flags.
 
 Only events at or before ``as_of`` are read: the cut happens before anything else, so nothing
 later can leak into the text. Over budget, the oldest content goes first, whole lines at a time.
@@ -34,7 +39,8 @@ from ehrembed.ehr.tokens import TokenCounter
 from ehrembed.ehr.vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
-Format = Literal["markdown", "list"]
+Format = Literal["markdown", "list", "list_dated"]
+FORMATS: tuple[str, ...] = ("markdown", "list", "list_dated")
 
 
 class SerializeError(ValueError):
@@ -150,6 +156,11 @@ _COST_BATCH = 48  # lines costed per tokenizer call when fitting a budget
 _LIKELY_FITS_CHARS_PER_TOKEN = 3  # English Markdown runs ~4 characters per token
 
 
+_NOT_LISTED = frozenset({s.BIRTH_CODE, s.DEATH_CODE, s.VISIT_END_CODE})
+_UNDATED = dt.datetime.min
+"""Undated codes' place in the reference list: older than anything, so the budget drops them first."""
+
+
 @dataclass
 class _Line:
     """One output line: ``time`` orders truncation (None = keep), ``parents`` are its headings."""
@@ -202,8 +213,8 @@ class Serializer:
                 raise SerializeError(f"max_tokens must be positive, got {self.config.max_tokens}")
             if token_counter is None:
                 raise SerializeError("a token budget needs a token counter (ehrembed.ehr.tokens.load_token_counter)")
-        if self.config.format not in ("markdown", "list"):
-            raise SerializeError(f"unknown format {self.config.format!r}; use 'markdown' or 'list'")
+        if self.config.format not in FORMATS:
+            raise SerializeError(f"unknown format {self.config.format!r}; use one of {', '.join(FORMATS)}")
         self.token_counter = token_counter
 
     @property
@@ -232,10 +243,13 @@ class Serializer:
             )
         events = patient.events_until(as_of)  # the leakage cut: nothing after as_of is read again
         doc = _Doc()
+        if self.config.format == "list":
+            self._reference_list(doc, events)
+            return self._finish(doc, events, as_of)
         doc.add("# Electronic Healthcare Record")
         doc.add(f"Current time: {as_of:%Y-%m-%d %H:%M}")
         self._demographics(doc, events, birth, as_of)
-        if self.config.format == "list":
+        if self.config.format == "list_dated":
             self._unique_codes(doc, events, as_of)
         else:
             self._recent_values(doc, events)
@@ -243,6 +257,9 @@ class Serializer:
             self._visit_list(doc, visits, as_of)
             self._general_events(doc, general, as_of)
             self._visit_details(doc, visits, as_of)
+        return self._finish(doc, events, as_of)
+
+    def _finish(self, doc: _Doc, events: Sequence[s.Event], as_of: dt.datetime) -> Serialized:
         if self.appendix is not None:
             return self._fit_with_appendix(doc, self.appendix.lines(events, as_of, self.vocabulary))
         return self._fit(doc)
@@ -403,6 +420,24 @@ class Serializer:
                 text = f"{text}: {event.text_value}"
             doc.add(f"- {text} ({_ago(event.time, as_of)})", time=event.time, parents=(section,))
 
+    def _reference_list(self, doc: _Doc, events: Sequence[s.Event]) -> None:
+        """One line per described code, most recent first; undated codes last (cut first over budget)."""
+        latest = _latest_by_code(e for e in events if e.code not in _NOT_LISTED)
+        rows = []
+        for code, event in latest.items():
+            description = self.vocabulary.describe(code)
+            if description is None:
+                continue
+            text = _tidy_case(description)
+            if event.numeric_value is not None:
+                unit = f" ({event.unit})" if event.unit else ""
+                text = f"{text}{unit}: {_two_decimals(event.numeric_value)}"
+            elif event.text_value and self.vocabulary.domain(code) != s.Domain.VISIT:
+                text = f"{text}: {event.text_value}"
+            rows.append((event.time or _UNDATED, text))
+        for when, text in sorted(rows, key=lambda r: (-_ts(r[0]), r[1])):
+            doc.add(text, time=when)
+
     # --- helpers ----------------------------------------------------------------------------
     def _name(self, code: str) -> str:
         return self.vocabulary.label(code)
@@ -518,7 +553,7 @@ def _latest_by_code(events: Iterable[s.Event]) -> dict[str, s.Event]:
 
 
 def _ts(time: dt.datetime | None) -> float:
-    return time.timestamp() if time is not None else float("-inf")
+    return time.timestamp() if time is not None and time != _UNDATED else float("-inf")
 
 
 def _years(birth: dt.datetime, as_of: dt.datetime) -> int:
@@ -538,6 +573,12 @@ def _ago(time: dt.datetime | None, as_of: dt.datetime) -> str:
 
 def _tidy_case(text: str) -> str:
     return text.capitalize() if text.isupper() else text
+
+
+def _two_decimals(value: float) -> str:
+    """The reference's numbers: 2 decimals, trailing zeros stripped (``85.0`` → ``85``, ``1.234`` → ``1.23``)."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _format_number(value: float) -> str:

@@ -27,6 +27,7 @@ GENERIC_QUESTION = "what is the patient's current state of health"
 
 _LAYOUT = {
     "list": "as a newline separated list",
+    "list_dated": "as a newline separated list",
     "markdown": "in Markdown format",
 }
 

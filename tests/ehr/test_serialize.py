@@ -147,8 +147,56 @@ def test_aware_as_of_is_read_as_utc() -> None:
     assert "Current time: 2020-07-19 21:00" in text
 
 
-def test_list_format_one_line_per_code_most_recent_first() -> None:
+def test_list_format_matches_the_reference() -> None:
+    """The reference's final list: described codes, most recent first, ``description (unit): value``."""
     text = Serializer(VOCAB, SerializerConfig(format="list")).serialize(patient(), as_of=day(200, 23))
+    assert text == (
+        "Creatinine [Mass/volume] in Serum or Plasma (mg/dL): 2.6\n"
+        "Chronic kidney disease, stage 3\n"
+        "Electrocardiogram\n"
+        "Inpatient Visit\n"
+        "Systolic blood pressure (mm[Hg]): 85\n"
+        "metformin 500 MG Oral Tablet\n"
+        "Body weight (kg): 81.5\n"
+        "Outpatient Visit\n"
+        "Type 2 diabetes mellitus without complications\n"
+        "Female\n"
+    )
+    # as of day 100 the creatinine is the older value, CKD is not yet there
+    earlier = Serializer(VOCAB, SerializerConfig(format="list")).serialize(patient(), as_of=day(100, 23))
+    assert earlier.splitlines()[:2] == ["Creatinine [Mass/volume] in Serum or Plasma (mg/dL): 1.9", "Inpatient Visit"]
+    assert "Chronic kidney disease" not in earlier
+
+
+def test_list_format_numbers_and_budget() -> None:
+    E = s.Event
+    p = s.Patient(
+        1,
+        [
+            E(None, "Gender/F"),
+            E(day(0), "LOINC/2160-0", 1.234, unit="mg/dL"),
+            E(day(1), "LOINC/29463-7", 70.0),
+            E(day(2), "LOINC/8480-6", 120.105, unit="mm[Hg]"),
+            E(day(3), "ICD10CM/E11.9"),
+        ],
+    )
+    serializer = Serializer(VOCAB, SerializerConfig(format="list"))
+    assert serializer.serialize(p, as_of=day(5)).splitlines() == [
+        "Type 2 diabetes mellitus without complications",
+        "Systolic blood pressure (mm[Hg]): 120.11",
+        "Body weight: 70",
+        "Creatinine [Mass/volume] in Serum or Plasma (mg/dL): 1.23",
+        "Female",
+    ]
+    counter = load_token_counter()
+    newest = ["Type 2 diabetes mellitus without complications", "Systolic blood pressure (mm[Hg]): 120.11"]
+    budget = counter.count(["\n".join(newest) + "\n"])[0]
+    cut = Serializer(VOCAB, SerializerConfig(format="list", max_tokens=budget), counter).serialize(p, as_of=day(5))
+    assert cut.splitlines() == newest  # the undated sex line and the oldest codes went first
+
+
+def test_list_dated_format_one_line_per_code_most_recent_first() -> None:
+    text = Serializer(VOCAB, SerializerConfig(format="list_dated")).serialize(patient(), as_of=day(200, 23))
     items = [line for line in text.splitlines() if line.startswith("- ") and "Age" not in line and "Sex" not in line]
     assert items[0] == "- Creatinine [Mass/volume] in Serum or Plasma: 2.6 mg/dL (high) (today)"
     assert len(items) == len({line.rsplit(" (", 1)[0] for line in items})
