@@ -101,13 +101,13 @@ def render_model_card(card: dict[str, Any]) -> str:
         f"Best epoch: {_fmt(metrics.get('best_epoch'))}; steps: {_fmt(metrics.get('steps'))}; "
         f"stopped early: {_fmt(metrics.get('stopped_early'))}.",
         "",
-        "| epoch | step | train loss | val MSE | val cosine |",
-        "|---|---|---|---|---|",
+        "| epoch | step | train loss | val MSE | val cosine | val overlap@10 |",
+        "|---|---|---|---|---|---|",
     ]
     for row in card.get("history", []):
         parts.append(
             f"| {row['epoch']} | {row['step']} | {_fmt(row.get('train_loss'))} "
-            f"| {_fmt(row['val_mse'])} | {_fmt(row['val_cosine'])} |"
+            f"| {_fmt(row['val_mse'])} | {_fmt(row['val_cosine'])} | {_fmt(row.get('val_overlap'))} |"
         )
     config = card.get("config", {})
     parts += [

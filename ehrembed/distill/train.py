@@ -99,6 +99,11 @@ class DistillConfig:
     """CKD-EHR mix: ``soft_alpha * BCE(hard) + (1 - soft_alpha) * BCE(teacher probabilities)``."""
     weight_base: float = 0.0
     """Base retention: the body's pooled embedding is pulled towards the frozen base's (0: off)."""
+    init_projection: bool = False
+    """Start the Dense projection at the ridge regression of the train teacher vectors on the base's
+    pooled embeddings (a fresh random projection at a BERT learning rate barely moves in a few epochs)."""
+    ridge: float = 1e-2
+    """Ridge penalty of that initial fit, relative to the mean eigenvalue of the embeddings' Gram matrix."""
     max_tokens: int | None = None
     """Student token budget (``max_seq_length``); ``None`` keeps the student's own."""
     val_fraction: float = 0.1
@@ -160,6 +165,7 @@ class EpochRecord:
     val_cosine: float
     lr: float
     seconds: float
+    val_overlap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,32 @@ def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_si
     finally:
         student.train(was_training)
     return np.concatenate(chunks).astype(np.float32)
+
+
+def fit_projection(student: SentenceTransformer, body: np.ndarray, teacher: np.ndarray, *, ridge: float) -> bool:
+    """Set the student's first Dense module to the ridge regression of ``teacher`` on ``body`` (with bias).
+
+    Returns False (and changes nothing) when the student has no Dense module of the right shape.
+    """
+    dense = next((m for m in student if type(m).__name__ == "Dense"), None)
+    linear = getattr(dense, "linear", None)
+    if not isinstance(linear, nn.Linear) or linear.in_features != body.shape[1]:
+        return False
+    if linear.out_features != teacher.shape[1]:
+        return False
+    x = body.astype(np.float64)
+    y = np.asarray(teacher, dtype=np.float64)
+    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mean_x, y - mean_y
+    gram = xc.T @ xc
+    penalty = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    weights = np.linalg.solve(gram + penalty * np.eye(gram.shape[0]), xc.T @ yc)  # (in, out)
+    bias = mean_y - mean_x @ weights
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weights.T, dtype=linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+    return True
 
 
 def teacher_agreement(student_vectors: np.ndarray, teacher: np.ndarray) -> Agreement:
@@ -446,8 +478,13 @@ def distill(
         student.max_seq_length = config.max_tokens
     student.to(device)
     torch.manual_seed(config.seed)
-    # Base-retention targets come from the untrained student (the base), before any resumed weights load.
-    base = encode_body(student, train_texts, batch_size=config.eval_batch_size) if config.weight_base > 0 else None
+    # Base-retention targets and the projection's initial fit come from the untrained student (the base),
+    # before any resumed weights load.
+    needs_base = config.weight_base > 0 or (config.init_projection and not resume)
+    base_body = encode_body(student, train_texts, batch_size=config.eval_batch_size) if needs_base else None
+    if config.init_projection and not resume and base_body is not None:
+        fit_projection(student, base_body, train_teacher, ridge=config.ridge)
+    base = base_body if config.weight_base > 0 else None
 
     labels = hard if hard is not None else soft
     tasks = 0 if labels is None else int(labels.shape[1])
@@ -546,6 +583,7 @@ def distill(
             train_terms={k: v / count for k, v in running.items() if k not in ("n", "loss")},
             val_mse=agreement.mse,
             val_cosine=agreement.cosine,
+            val_overlap=agreement.overlap,
             lr=float(state.get("lr", config.lr)),
             seconds=time.monotonic() - epoch_started,
         )

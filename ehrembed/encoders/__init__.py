@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,21 @@ def encoder_kind(name_or_path: str) -> str:
 
     if folder.is_dir() and is_onnx_folder(folder):
         return "onnx"
-    return "student" if (folder / "modules.json").is_file() else "teacher"
+    if (folder / "modules.json").is_file():
+        from ehrembed.encoders.student import query_prompt
+
+        settings = folder / "config_sentence_transformers.json"
+        prompts = json.loads(settings.read_text()).get("prompts") if settings.is_file() else None
+        return "teacher" if query_prompt(prompts) is not None else "student"
+    return "teacher"
 
 
 def load_encoder(name_or_path: str, **kwargs: Any) -> Encoder:
     """An encoder by name (a key of :data:`BUILDERS`) or from a local model folder.
 
     A folder from ``export-onnx`` (``model_int8.onnx`` / ``model.onnx`` with its sidecar) loads as the
-    ONNX student, a sentence-transformers folder (``modules.json``) as the student, anything else as a
-    teacher.
+    ONNX student, a sentence-transformers folder (``modules.json``) as the student (a teacher when it
+    has a ``query`` prompt, e.g. Qwen3-Embedding), anything else as a causal-LM teacher.
 
     ``kwargs`` go to the builder, e.g. ``pooling="mean"``, ``max_tokens=4096``, ``device="cuda"``.
     """

@@ -20,6 +20,7 @@ import numpy as np
 Pooling = Literal["last", "mean", "cls"]
 EncoderKind = Literal["teacher", "student", "onnx"]
 
+INSTRUCTION_SLOT = "{instruction}"
 GTE_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:\n"
 """GTE-Qwen2 style: the task instruction, then the record after ``Query:``."""
 
@@ -59,11 +60,25 @@ class EncoderSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the template has an ``{instruction}`` slot (a fixed prompt has none)."""
+        return self.instruction_template is not None and INSTRUCTION_SLOT in self.instruction_template
+
     def format(self, text: str, instruction: str | None) -> str:
-        """The model input for a record: instruction template + text where the spec has one."""
-        if self.instruction_template is None or instruction is None:
+        """The model input for a record: the template (its ``{instruction}`` slot filled) + text.
+
+        A template without a slot is a fixed prompt, always prepended; with a slot and no
+        instruction the record goes alone.
+        """
+        template = self.instruction_template
+        if template is None:
             return text
-        return self.instruction_template.format(instruction=instruction) + text
+        if INSTRUCTION_SLOT not in template:
+            return template + text
+        if instruction is None:
+            return text
+        return template.replace(INSTRUCTION_SLOT, instruction) + text
 
 
 Progress = Callable[[int], None]

@@ -3,8 +3,9 @@
 Every front end (CLI ``embed``, the benchmark, fitted heads, ``/v1/embeddings``, the main job) asks
 :func:`instruction_for`; nothing else decides. The rule:
 
-- an encoder without an ``instruction_template`` (a plain student, an ONNX student) gets ``None``:
-  its vectors do not depend on the task, so one vector per record serves every task;
+- an encoder without an ``{instruction}`` slot in its template (a plain student, an ONNX student, a
+  sentence-transformers model with a fixed prompt) gets ``None``: its vectors do not depend on the
+  task, so one vector per record serves every task;
 - an explicit instruction (``--instruction``) is used as given;
 - otherwise the reference wording (Hegselmann et al., ../shared/DESIGN.md section 4)::
 
@@ -51,7 +52,7 @@ def instruction_for(
     generic: bool = False,
 ) -> str | None:
     """The instruction ``spec``'s encoder gets for a record (see the module docstring for the rule)."""
-    if spec.instruction_template is None:
+    if not spec.takes_instruction:
         return None
     if override is not None:
         return override

@@ -4,6 +4,12 @@ A student folder is a standard sentence-transformers folder (``modules.json`` + 
 plain ``SentenceTransformer(path)`` loads what ehrembed trains. For distillation the student gets a
 ``Dense`` projection to the teacher's dimension (:func:`build_student_for_distillation`); the folder
 then reports the projected dimension. Models are only ever read from local folders.
+
+The same class reads sentence-transformers LLM embedders (Qwen3-Embedding, EmbeddingGemma style:
+their own modules, Dense layers and named prompts). Such a folder is a teacher: its ``query`` prompt
+becomes the spec's instruction template (:func:`prompt_template`), so the task instruction takes the
+place of the prompt's own task text — ``Instruct: {instruction}\nQuery:`` (Qwen3-Embedding) or
+``task: {instruction} | query: `` (EmbeddingGemma); a prompt of another shape is kept as a fixed prefix.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ehrembed.encoders.base import (
+    INSTRUCTION_SLOT,
     EncoderError,
     EncoderSpec,
     Pooling,
@@ -124,6 +132,32 @@ def has_normalize_module(folder: Path) -> bool:
     return any(str(m.get("type", "")).endswith("Normalize") for m in _read_modules(Path(folder)))
 
 
+_PROMPT_SHAPES = (
+    re.compile(r"^(?P<head>Instruct: ).*?(?P<tail>\nQuery:\s*)$", re.DOTALL),
+    re.compile(r"^(?P<head>task: ).*?(?P<tail> \| query: )$", re.DOTALL),
+)
+QUERY_PROMPT_NAMES = ("query", "Query", "retrieval.query")
+
+
+def query_prompt(prompts: dict[str, str] | None) -> str | None:
+    """The folder's prompt for queries (records are embedded as queries), or None."""
+    for name in QUERY_PROMPT_NAMES:
+        if prompts and prompts.get(name):
+            return prompts[name]
+    return None
+
+
+def prompt_template(prompt: str) -> str:
+    """An instruction template from a sentence-transformers ``query`` prompt: the prompt's task text
+    becomes the ``{instruction}`` slot when the prompt has a known shape; otherwise the prompt is a
+    fixed prefix (braces kept as they are)."""
+    for shape in _PROMPT_SHAPES:
+        match = shape.match(prompt)
+        if match is not None:
+            return match["head"] + INSTRUCTION_SLOT + match["tail"]
+    return prompt.replace(INSTRUCTION_SLOT, "{ instruction }")
+
+
 def _embedding_dimension(model: SentenceTransformer) -> int:
     # sentence-transformers >= 5.x renamed get_sentence_embedding_dimension (the old name warns)
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -209,9 +243,11 @@ class StudentEncoder:
         if name is None:
             is_default = path is None or folder.resolve() == _default_or_none()
             name = DEFAULT_STUDENT_NAME if is_default else folder.resolve().name
+        prompt = query_prompt(getattr(model, "prompts", None))
         spec = EncoderSpec(
             name=name,
-            kind="student",
+            kind="teacher" if prompt is not None else "student",
+            instruction_template=prompt_template(prompt) if prompt is not None else None,
             model_path=str(folder.resolve()),
             revision=folder_revision(folder),
             pooling=pooling_from_folder(folder),
@@ -242,8 +278,13 @@ class StudentEncoder:
     ) -> np.ndarray:
         """``(n, spec.dim)`` float32 vectors; texts are batched by length, results keep the input order."""
 
+        # The template (a teacher's prompt) is already in the inputs: no default prompt on top of it.
+        prompt = "" if self.spec.instruction_template is not None else None
+
         def batch(inputs: list[str]) -> np.ndarray:
-            vectors = self.model.encode(inputs, batch_size=len(inputs), convert_to_numpy=True, show_progress_bar=False)
+            vectors = self.model.encode(
+                inputs, batch_size=len(inputs), convert_to_numpy=True, show_progress_bar=False, prompt=prompt
+            )
             return np.asarray(vectors, dtype=np.float32)
 
         out, truncated = encode_by_length(

@@ -205,3 +205,29 @@ def test_end_to_end_with_the_encoders(tiny_bert_dir: Path, tiny_qwen2_dir: Path,
     assert teacher.spec.fingerprint() in (result.out_dir / "README.md").read_text()
     report = retention_report(vectors[48:], encode_texts(student, texts[48:]), k=5)
     assert report["student"]["cosine_mean"] == pytest.approx(result.final.cosine, abs=1e-4)
+
+
+def test_projection_fit_and_base_retention(tiny_bert_dir: Path, toy_data: dict[str, Any], tmp_path: Path) -> None:
+    """The ridge-initialised projection starts closer to the teacher; the base term keeps the body near the base."""
+    from ehrembed.distill.train import encode_body, fit_projection
+
+    texts, teacher = toy_data["train_texts"], toy_data["train_teacher"]
+    fresh = build_student(tiny_bert_dir)
+    base_body = encode_body(fresh, texts)
+    before = teacher_agreement(encode_texts(fresh, texts), teacher)
+    assert fit_projection(fresh, base_body, teacher, ridge=1e-3)
+    after = teacher_agreement(encode_texts(fresh, texts), teacher)
+    assert after.mse < before.mse and after.cosine > before.cosine
+    np.testing.assert_allclose(encode_body(fresh, texts), base_body, atol=1e-6)  # only the projection changed
+    assert not fit_projection(fresh, base_body, teacher[:, :3], ridge=1e-3)  # wrong shape: left alone
+
+    config = replace(FAST, init_projection=True)
+    # a negligible base weight records how far the body drifts without holding it back
+    free = run(build_student(tiny_bert_dir), toy_data, tmp_path / "free", replace(config, weight_base=1e-9))
+    kept = run(build_student(tiny_bert_dir), toy_data, tmp_path / "kept", replace(config, weight_base=5.0))
+    assert set(kept.history[0].train_terms) == {"mse", "cosine", "base_mse", "base_cosine"}
+    assert kept.history[-1].train_terms["base_mse"] < free.history[-1].train_terms["base_mse"]
+    by_overlap = run(build_student(tiny_bert_dir), toy_data, tmp_path / "o", replace(config, monitor="overlap"))
+    assert by_overlap.initial.overlap is not None
+    overlaps = [by_overlap.initial.overlap, *(r.val_overlap for r in by_overlap.history)]
+    assert by_overlap.final.overlap == max(o for o in overlaps if o is not None)
