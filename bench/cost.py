@@ -15,6 +15,11 @@ teacher, 2048-token records, an H100/H200's 989 dense bf16 TFLOPS at 40% utilisa
 Run ``.venv/bin/python bench/cost.py [--sizes 1000,10000] [--max-tokens 128] [--encoder student-onnx]``.
 Figures go to stdout and bench/results/cost.json. The 100k embedding stage dominates (tens of minutes
 on 2 cores).
+
+``--every-label new_diagnosis`` measures instead the benchmark on every label of real data: Eunomia's
+tasks labelled at every visit day, each stage in its own child process (label, count features, and
+the count baseline's few-shot cells with LightGBM and logistic heads at k = 16 and all), with its
+seconds and peak RSS (bench/results/cost_every_label.json). Memory must not grow with labels per patient.
 """
 
 from __future__ import annotations
@@ -79,6 +84,29 @@ STAGE = textwrap.dedent(
                 dataset, encoder_name, Path(out), config, encoder_kwargs={"max_tokens": max_tokens},
                 num_actors=int(workers),
             ).rows
+    elif stage == "labels":  # encoder_name carries the tasks
+        from ehrembed.predict.job import label_keys, label_tasks
+        from ehrembed.predict.tasks import resolve_tasks
+        labelsets, _ = label_tasks(dataset, resolve_tasks(encoder_name.split(",")))
+        keys = label_keys(labelsets)
+        keys.write_parquet(out)
+        rows = keys.height
+    elif stage == "counts":
+        import polars as pl
+        from ehrembed.predict.features import count_features
+        keys = pl.read_parquet(out)
+        started = time.perf_counter()
+        rows = count_features(dataset, keys).matrix.shape[0]
+    elif stage == "benchmark-count":  # encoder_name carries the tasks
+        from ehrembed.predict.benchmark import BenchmarkConfig
+        from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
+        from ehrembed.predict.tasks import resolve_tasks
+        config = BenchmarkJobConfig(
+            encoders=("count",), benchmark=BenchmarkConfig(ks=(16, "all"), replicates=1, heads=("lightgbm", "logistic"),
+            n_bootstrap=0),
+        )
+        result = benchmark_dataset(dataset, resolve_tasks(encoder_name.split(",")), Path(out), config)
+        rows = sum(len(ls) for ls in result.labelsets)
     elif stage == "index":
         from ehrembed.encoders.embeddings import EmbeddingSet
         from ehrembed.retrieval.index import build_index
@@ -169,7 +197,13 @@ def main() -> None:
     parser.add_argument("--gpu-tflops", type=float, default=989.0, help="estimate: GPU dense bf16 peak TFLOPS")
     parser.add_argument("--mfu", type=float, default=0.4, help="estimate: fraction of peak reached")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/cost.json)")
+    parser.add_argument(
+        "--every-label", default=None, metavar="TASKS", help="instead: the benchmark on every Eunomia label of TASKS"
+    )
     args = parser.parse_args()
+    if args.every_label:
+        every_label(args.every_label, args.out)
+        return
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="ehrembed-bench-cost-"))
     os.environ["EHREMBED_HOME"] = str(work / "home")
@@ -192,6 +226,22 @@ def main() -> None:
         per_size[str(n)] = row
         print(n, json.dumps(row), flush=True)
         save("cost", summarise(args, per_size), args.out)  # after every size, so a long run's early sizes are kept
+
+
+def every_label(tasks: str, out: Path | None) -> None:
+    """Label, count features and count-baseline cells on every visit-day label of Eunomia: seconds and peak RSS."""
+    from ehrembed.ehr.omop import ingest_omop
+
+    work = Path(tempfile.mkdtemp(prefix="ehrembed-bench-labels-"))
+    os.environ["EHREMBED_HOME"] = str(work / "home")
+    data = work / "eunomia"
+    ingest_omop(out=data)
+    figures: dict[str, Any] = {"tasks": tasks}
+    for stage in ("labels", "counts", "benchmark-count"):
+        target = work / ("keys.parquet" if stage != "benchmark-count" else "report")
+        figures[stage] = run_stage(stage, data, target, tasks, 0, 1)
+        print(stage, json.dumps(figures[stage]), flush=True)
+    save("cost_every_label", figures, out)
 
 
 def summarise(args: argparse.Namespace, per_size: dict[str, dict[str, Any]]) -> dict[str, Any]:

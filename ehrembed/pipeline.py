@@ -181,12 +181,8 @@ def _distill(
     source = out.with_name(out.name + ".teacher.json")
     job = DistillJobConfig(
         base=Path(config.student) if config.student else None,
-        train=DistillConfig(
-            epochs=config.distill_epochs,
-            batch_size=16,
-            patience=2,
-            weight_base=config.distill_base_weight,
-            monitor="overlap",
+        train=DistillConfig.keeping_base(
+            epochs=config.distill_epochs, batch_size=16, patience=2, weight_base=config.distill_base_weight
         ),
         seed=config.seed,
     )

@@ -80,6 +80,8 @@ def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student
                 "8",
                 "--lr",
                 "1e-3",
+                "--monitor",
+                "mse",
                 "--json",
             ]
         )

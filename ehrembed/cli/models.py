@@ -201,7 +201,14 @@ def _embed_on_ray(
 @app.command("distill")
 def distill_cmd(
     dataset: Annotated[Path, typer.Argument(help="The MEDS folder the teacher embeddings were made from.")],
-    teacher_embeddings: Annotated[Path, typer.Option("--teacher-embeddings", help="Output of `ehrembed embed`.")],
+    teacher_embeddings: Annotated[
+        Path,
+        typer.Option(
+            "--teacher-embeddings",
+            help="Output of `ehrembed embed`, or a folder of per-task sets (the benchmark's teacher folder): their "
+            "vectors are averaged per record.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the distilled sentence-transformers model.")],
     base: Annotated[
         Path | None, typer.Option(help="Student base model folder (default: packaged all-MiniLM-L6-v2).")
@@ -211,25 +218,41 @@ def distill_cmd(
     lr: Annotated[float, typer.Option(min=0.0)] = 5e-5,
     contrastive: Annotated[float, typer.Option(min=0.0, help="Weight of the in-batch contrastive term.")] = 0.0,
     patience: Annotated[int, typer.Option(min=1, help="Epochs without held-out improvement before stopping.")] = 2,
+    base_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of the base-retention term (keeps the student's own structure).")
+    ] = 1.0,
+    init_projection: Annotated[
+        bool,
+        typer.Option(help="Start the projection at the ridge fit of the teacher on the base's embeddings."),
+    ] = True,
+    monitor: Annotated[
+        str, typer.Option(help="What picks the epoch on the tuning split: overlap (overlap@10), mse or cosine.")
+    ] = "overlap",
     max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training records.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     overwrite: OverwriteFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Distil teacher embeddings into a small BERT student; report what it retains on held-out patients."""
-    from ehrembed.distill.job import DistillJobConfig, distill_dataset, retention_table
+    from ehrembed.distill.job import DistillJobConfig, distill_dataset, load_teacher_embeddings, retention_table
     from ehrembed.distill.train import DistillConfig, rich_progress
     from ehrembed.ehr.meds import MedsDataset
-    from ehrembed.encoders.embeddings import EmbeddingSet
 
     with user_errors():
         ds = MedsDataset.open(dataset)
-        teacher = EmbeddingSet.load(teacher_embeddings)
+        teacher = load_teacher_embeddings(teacher_embeddings)
         config = DistillJobConfig(
             base=base,
             max_train=max_train,
-            train=DistillConfig(
-                epochs=epochs, batch_size=batch_size, lr=lr, weight_contrastive=contrastive, patience=patience
+            train=DistillConfig.keeping_base(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                weight_contrastive=contrastive,
+                patience=patience,
+                weight_base=base_weight,
+                init_projection=init_projection,
+                monitor=monitor,
             ),
         )
         with rich_progress() as progress:

@@ -195,6 +195,17 @@ def average_over_instructions(sets: Mapping[str, EmbeddingSet]) -> EmbeddingSet:
     )
 
 
+def load_teacher_embeddings(path: Path) -> EmbeddingSet:
+    """An embedding set, or a folder of per-task sets (``TASK/embedding.json``) averaged per record."""
+    path = Path(path)
+    if (path / "embedding.json").is_file() or path.suffix == ".parquet" or not path.is_dir():
+        return EmbeddingSet.load(path)  # its own error names what is missing
+    parts = {d.name: EmbeddingSet.load(d) for d in sorted(path.iterdir()) if (d / "embedding.json").is_file()}
+    if not parts:
+        raise EncoderError(f"{path} is neither an embedding set nor a folder of per-task embedding sets")
+    return average_over_instructions(parts)
+
+
 def retention_table(retention: dict[str, Any]) -> pl.DataFrame:
     """Retention figures as a two-row table (distilled vs undistilled) for printing."""
     k = retention.get("k", 10)
