@@ -24,6 +24,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.encoders.embeddings import PREDICTION_TIME
+from ehrembed.predict.compare import HeldOut, HeldOutPredictions, neighbour_lift
 from ehrembed.predict.features import Features
 from ehrembed.predict.fewshot import ALL, EHRSHOT_KS, KValue, replicate_orders, take_k
 from ehrembed.predict.heads import HEAD_NAMES, HeadError, make_head
@@ -62,6 +63,8 @@ MISSING_SCHEMA: dict[str, Any] = {
     "reason": pl.String,
 }
 DENSE_ONLY_HEADS = frozenset({"knn"})
+NEIGHBOURS = 10
+_LABEL = "__label"
 
 Progress = Callable[[int, int], None]
 
@@ -100,14 +103,29 @@ class BenchmarkConfig:
             raise ValueError("no k values given")
 
 
+NEIGHBOUR_SCHEMA: dict[str, Any] = {
+    "task": pl.String,
+    "encoder": pl.String,
+    "queries": pl.Int64,
+    "k": pl.Int64,
+    "neighbour_positive_rate": pl.Float64,
+    "base_rate": pl.Float64,
+    "lift": pl.Float64,
+}
+
+
 @dataclass
 class BenchmarkResult:
-    """Tidy results (one row per scored cell), the cells that could not run, and per-task label counts."""
+    """Tidy results (one row per scored cell), the cells that could not run, per-task label counts, the
+    held-out predictions (in memory, for paired comparisons) and the neighbour outcome lift per dense encoder."""
 
     results: pl.DataFrame
     missing: pl.DataFrame
     tasks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    predictions: HeldOutPredictions = field(default_factory=HeldOutPredictions)
+    neighbours: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=NEIGHBOUR_SCHEMA))
+    n_bootstrap: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,8 @@ class _SplitRows:
     positions: np.ndarray
     y: np.ndarray
     groups: np.ndarray
+    labels: np.ndarray
+    """Each row's index in the task's label frame (pairs rows across encoders)."""
 
     def __len__(self) -> int:
         return len(self.y)
@@ -134,6 +154,7 @@ def _split_rows(frame: pl.DataFrame, feats: Features, split: str) -> _SplitRows:
         positions[keep],
         part.get_column("value").to_numpy().astype(np.int64)[keep],
         part.get_column(s.SUBJECT_ID).to_numpy()[keep],
+        part.get_column(_LABEL).to_numpy()[keep],
     )
 
 
@@ -155,6 +176,8 @@ def _run_encoder(
     results: list[dict[str, Any]],
     missing: list[dict[str, Any]],
     tick: Callable[[], None],
+    predictions: HeldOutPredictions,
+    neighbours: list[dict[str, Any]],
 ) -> str | None:
     """Every cell of one (task, encoder); returns why none could run, or None."""
     heads = _heads_for(config, encoder_features)
@@ -182,6 +205,10 @@ def _run_encoder(
             tick()
         return reason
     X_held = feats.take(held_out.positions)
+    predictions.held_out[(task_name, encoder)] = HeldOut(held_out.labels, held_out.y, held_out.groups)
+    if feats.dense:
+        lift = neighbour_lift(feats.take(train.positions), train.y, X_held, held_out.y, k=NEIGHBOURS)
+        neighbours.append({"task": task_name, "encoder": encoder, **lift})
     train_orders = replicate_orders(train.y, train.groups, replicates=config.replicates, seed=config.seed)
     tuning_orders = replicate_orders(tuning.y, tuning.groups, replicates=config.replicates, seed=config.seed + 1)
     for head_name in heads:
@@ -209,6 +236,7 @@ def _run_encoder(
                     tick()
                     continue
                 fit_seconds = time.perf_counter() - fit_started
+                predictions.add(task_name, encoder, head_name, str(k), p)
                 scores = score(
                     held_out.y, p, held_out.groups, n_bootstrap=config.n_bootstrap, seed=config.seed + replicate
                 )
@@ -255,6 +283,8 @@ def run_benchmark(
     results: list[dict[str, Any]] = []
     missing: list[dict[str, Any]] = []
     task_rows: list[dict[str, Any]] = []
+    predictions = HeldOutPredictions()
+    neighbours: list[dict[str, Any]] = []
     split_map = splits.select(pl.col(s.SUBJECT_ID).cast(pl.Int64), pl.col(s.SPLIT).cast(pl.String))
     total = len(labelsets) * sum(_cells(config, _heads_for(config, f)) for f in features.values())
     done = 0
@@ -267,10 +297,12 @@ def run_benchmark(
 
     for labelset in labelsets:
         task = labelset.task
-        frame = labelset.frame().join(split_map, on=s.SUBJECT_ID, how="inner")
+        frame = labelset.frame().with_row_index(_LABEL).join(split_map, on=s.SUBJECT_ID, how="inner")
         task_rows.append({"group": task.group, **labelset.summary(), **split_counts(frame)})
         for encoder, feats in features.items():
-            reason = _run_encoder(task.name, task.group, encoder, frame, feats, config, results, missing, tick)
+            reason = _run_encoder(
+                task.name, task.group, encoder, frame, feats, config, results, missing, tick, predictions, neighbours
+            )
             if reason is not None:
                 say(f"{task.name} / {encoder}: {reason}")
     return BenchmarkResult(
@@ -278,4 +310,9 @@ def run_benchmark(
         missing=pl.DataFrame(missing, schema=MISSING_SCHEMA) if missing else pl.DataFrame(schema=MISSING_SCHEMA),
         tasks=task_rows,
         seconds=time.perf_counter() - started,
+        predictions=predictions,
+        neighbours=pl.DataFrame(neighbours, schema=NEIGHBOUR_SCHEMA)
+        if neighbours
+        else pl.DataFrame(schema=NEIGHBOUR_SCHEMA),
+        n_bootstrap=config.n_bootstrap,
     )

@@ -5,10 +5,17 @@
 - ``results.parquet`` / ``results.csv``: one row per scored cell (task, group, encoder, head, k,
   replicate, auroc, auprc, brier with 95% CIs, sizes, chosen parameters);
 - ``missing.csv``: the cells that could not run and why;
+- ``macro_auroc_ci.csv``: macro AUROC per (head, encoder, k) with a 95% patient-bootstrap CI;
+- ``wins_ties_losses.csv``: per (head, encoder, k), tasks won / tied / lost against ``count``
+  (paired patient-level bootstrap, :mod:`ehrembed.predict.compare`);
+- ``neighbours.csv``: per (task, dense encoder), the positive rate among held-out positives' 10
+  nearest train neighbours over the base rate (similar-patient search's outcome lift);
 - ``report.md``: label counts per task and split, macro AUROC per head (encoders × k; the mean over
-  replicates, then over the tasks every encoder has a result for), per-task AUROC with CIs at the
-  largest k, anything else the caller adds (e.g. encoding speed), and the reasons for missing cells;
-- ``auroc_vs_k_{group}.png``: per task group, one panel per head, one line per encoder.
+  replicates, then over the tasks every encoder has a result for) with CIs, wins / ties / losses
+  against count, the neighbour lift, per-task AUROC with CIs at the largest k, anything else the
+  caller adds (e.g. encoding speed), and the reasons for missing cells;
+- ``auroc_vs_k_{group}.png``: per task group, one panel per head, one line per encoder with its CI
+  band; an encoder keeps its colour in every panel and figure.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import polars as pl
 
 from ehrembed.fsutil import atomic_write_bytes, atomic_write_text
 from ehrembed.predict.benchmark import BenchmarkResult
+from ehrembed.predict.compare import macro_auroc_ci, wins_ties_losses
 from ehrembed.predict.fewshot import ALL
 
 REPORT_FILE = "report.md"
@@ -125,12 +133,21 @@ def _per_task_table(results: pl.DataFrame) -> str:
     )
 
 
-def _plot(results: pl.DataFrame, group: str, encoders: Sequence[str]) -> bytes:
+def _colours(encoders: Sequence[str]) -> dict[str, Any]:
+    """One colour per encoder for every panel and figure (a panel without some encoder shifts nothing)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if len(encoders) <= 10 else "tab20"]
+    return {enc: palette(i % palette.N) for i, enc in enumerate(encoders)}
+
+
+def _plot(results: pl.DataFrame, group: str, encoders: Sequence[str], bands: pl.DataFrame | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = _colours(encoders)
     frame = results.filter(pl.col("group") == group)
     heads = sorted(frame.get_column("head").unique().to_list())
     fig, axes = plt.subplots(1, len(heads), figsize=(5 * len(heads), 4), squeeze=False, sharey=True)
@@ -141,7 +158,20 @@ def _plot(results: pl.DataFrame, group: str, encoders: Sequence[str]) -> bytes:
             line = macro.filter(pl.col("encoder") == enc)
             points = {r["k"]: r["auroc"] for r in line.iter_rows(named=True)}
             xs = [i for i, k in enumerate(ks) if k in points]
-            ax.plot(xs, [points[ks[i]] for i in xs], marker="o", label=enc)
+            ax.plot(xs, [points[ks[i]] for i in xs], marker="o", label=enc, color=colours[enc])
+            if bands is not None and not bands.is_empty():
+                band = bands.filter((pl.col("head") == head) & (pl.col("encoder") == enc))
+                ci = {r["k"]: (r["auroc_lo"], r["auroc_hi"]) for r in band.iter_rows(named=True)}
+                shown = [i for i in xs if ci.get(ks[i], (None, None))[0] is not None]
+                if shown:
+                    ax.fill_between(
+                        shown,
+                        [ci[ks[i]][0] for i in shown],
+                        [ci[ks[i]][1] for i in shown],
+                        color=colours[enc],
+                        alpha=0.12,
+                        linewidth=0,
+                    )
         ax.set_xticks(range(len(ks)), ks)
         ax.set_title(f"{group} — {head}")
         ax.set_xlabel("k (positives = negatives per class)")
@@ -154,6 +184,63 @@ def _plot(results: pl.DataFrame, group: str, encoders: Sequence[str]) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _ci_tables(ci: pl.DataFrame, encoders: Sequence[str]) -> dict[str, str]:
+    """head → Markdown table of macro AUROC with its 95% CI (rows: encoders, columns: k)."""
+    out: dict[str, str] = {}
+    for head in sorted(ci.get_column("head").unique().to_list()):
+        part = ci.filter(pl.col("head") == head)
+        ks = _ks(part)
+        have = set(part.get_column("encoder").to_list())
+        order = [e for e in encoders if e in have] + sorted(have - set(encoders))
+        cells = {
+            (r["encoder"], r["k"]): (
+                "–"
+                if r["auroc"] is None
+                else f"{r['auroc']:.3f}"
+                + ("" if r["auroc_lo"] is None else f" ({r['auroc_lo']:.3f}–{r['auroc_hi']:.3f})")
+            )
+            for r in part.iter_rows(named=True)
+        }
+        rows = [[enc, *(cells.get((enc, k), "–") for k in ks)] for enc in order]
+        out[head] = _markdown_table(["encoder", *[f"k={k}" for k in ks]], rows)
+    return out
+
+
+def _wtl_tables(wtl: pl.DataFrame, encoders: Sequence[str]) -> dict[str, str]:
+    """head → Markdown table of wins/ties/losses against count (rows: encoders, columns: k)."""
+    out: dict[str, str] = {}
+    for head in sorted(wtl.get_column("head").unique().to_list()):
+        part = wtl.filter(pl.col("head") == head)
+        ks = _ks(part)
+        have = set(part.get_column("encoder").to_list())
+        order = [e for e in encoders if e in have] + sorted(have - set(encoders))
+        cells = {(r["encoder"], r["k"]): f"{r['wins']}/{r['ties']}/{r['losses']}" for r in part.iter_rows(named=True)}
+        rows = [[enc, *(cells.get((enc, k), "–") for k in ks)] for enc in order]
+        out[head] = _markdown_table(["encoder", *[f"k={k}" for k in ks]], rows)
+    return out
+
+
+def _neighbour_table(neighbours: pl.DataFrame, encoders: Sequence[str]) -> str:
+    summary = (
+        neighbours.group_by("encoder")
+        .agg(
+            pl.col("lift").mean().alias("lift"),
+            pl.col("neighbour_positive_rate").mean().alias("rate"),
+            pl.col("base_rate").mean().alias("base"),
+            pl.col("task").n_unique().alias("tasks"),
+        )
+        .sort("encoder")
+    )
+    rank = {e: i for i, e in enumerate(encoders)}
+    ordered = sorted(summary.iter_rows(named=True), key=lambda r: rank.get(r["encoder"], len(rank)))
+    rows = [[r["encoder"], r["rate"], r["base"], r["lift"], r["tasks"]] for r in ordered]
+    return (
+        "Held-out positives' 10 nearest train-split neighbours (cosine): how many share the outcome, against the "
+        "train base rate (mean over tasks; per task in `neighbours.csv`).\n\n"
+        + _markdown_table(["encoder", "positives among neighbours", "base rate", "lift", "tasks"], rows)
+    )
 
 
 def _missing_summary(missing: pl.DataFrame) -> str:
@@ -187,6 +274,11 @@ def write_report(
     atomic_write_text(out / "missing.csv", result.missing.write_csv())
     atomic_write_text(out / "tasks.json", json.dumps(result.tasks, indent=2, default=str) + "\n")
     encoder_order = list(encoders or sorted(results.get_column("encoder").unique().to_list()))
+    ci = macro_auroc_ci(result.predictions, n_bootstrap=result.n_bootstrap) if result.n_bootstrap else None
+    wtl = wins_ties_losses(result.predictions, n_bootstrap=result.n_bootstrap) if result.n_bootstrap else None
+    for name, frame in (("macro_auroc_ci", ci), ("wins_ties_losses", wtl), ("neighbours", result.neighbours)):
+        if frame is not None:
+            atomic_write_text(out / f"{name}.csv", frame.write_csv())
 
     parts = [f"# {title}", ""]
     task_rows = [
@@ -210,6 +302,27 @@ def write_report(
         parts += ["## Macro AUROC by encoder and k", ""]
         for head, table in tables.items():
             parts += [f"### {head}", "", table, ""]
+    if ci is not None and not ci.is_empty():
+        parts += ["## Macro AUROC with 95% CI (patient bootstrap)", ""]
+        for head, table in _ci_tables(ci, encoder_order).items():
+            parts += [f"### {head}", "", table, ""]
+    if wtl is not None and not wtl.is_empty():
+        parts += [
+            "## Wins / ties / losses against count",
+            "",
+            "Tasks where the encoder's AUROC is significantly above / not distinguishable from / below the count "
+            "baseline's with the same head (paired patient-level bootstrap of the difference, 95%).",
+            "",
+        ]
+        for head, table in _wtl_tables(wtl, encoder_order).items():
+            parts += [f"### {head}", "", table, ""]
+    if not result.neighbours.is_empty():
+        parts += [
+            "## Similar-patient search: neighbour outcome lift",
+            "",
+            _neighbour_table(result.neighbours, encoder_order),
+            "",
+        ]
     for heading, body in (extra_sections or {}).items():
         parts += [f"## {heading}", "", body, ""]
     per_task = _per_task_table(results)
@@ -219,7 +332,7 @@ def write_report(
     if not results.is_empty():
         for group in sorted(results.get_column("group").unique().to_list()):
             name = f"auroc_vs_k_{group}.png"
-            atomic_write_bytes(out / name, _plot(results, group, encoder_order))
+            atomic_write_bytes(out / name, _plot(results, group, encoder_order, ci))
             figures.append(f"![{group}]({name})")
     if figures:
         parts += ["## AUROC vs k", "", *figures, ""]

@@ -145,7 +145,8 @@ def test_fusion_runs_beside_its_partner_and_names_a_missing_one(synth: MedsDatas
     keys = label_keys([restrict(ls, case_cohort_keys(labelsets, positives=30, background=80)) for ls in labelsets])
     embed_dataset(synth, HashEncoder(), tmp_path / "hash", as_of=times_by_subject(keys))
     config = BenchmarkJobConfig(
-        encoders=("count", "hash", "count+hash"), benchmark=BenchmarkConfig(ks=(4, "all"), replicates=1, n_bootstrap=0),
+        encoders=("count", "hash", "count+hash"),
+        benchmark=BenchmarkConfig(ks=(4, "all"), replicates=2, n_bootstrap=20),
         sample_positives=30, sample_background=80,
     )  # fmt: skip
     result = benchmark_dataset(
@@ -155,6 +156,15 @@ def test_fusion_runs_beside_its_partner_and_names_a_missing_one(synth: MedsDatas
     fused = frame.filter(pl.col("encoder") == "count+hash")
     assert set(fused.get_column("head")) == {"lightgbm", "logistic"}  # sparse: no kNN
     assert fused.height == frame.filter(pl.col("encoder") == "count").height
+    report = result.report.read_text()
+    for section in ("Macro AUROC with 95% CI", "Wins / ties / losses against count", "neighbour outcome lift"):
+        assert section in report, section
+    wtl = pl.read_csv(tmp_path / "report" / "wins_ties_losses.csv")
+    assert set(wtl.get_column("encoder")) == {"hash", "count+hash"} and (wtl.get_column("tasks") == 1).all()
+    lift = pl.read_csv(tmp_path / "report" / "neighbours.csv")
+    assert lift.get_column("encoder").to_list() == ["hash"] and lift.item(0, "queries") > 0
+    ci = pl.read_csv(tmp_path / "report" / "macro_auroc_ci.csv")
+    assert (ci.get_column("auroc_lo") <= ci.get_column("auroc_hi")).all()
     with pytest.raises(ValueError, match="'student' is not an encoder of this run"):
         benchmark_dataset(
             synth, tasks, tmp_path / "x", dataclasses.replace(config, encoders=("count", "hash", "count+student"))
