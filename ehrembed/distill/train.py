@@ -245,32 +245,29 @@ def _forward_parts(
     return features["sentence_embedding"], body
 
 
-@torch.no_grad()
 def encode_body(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     """The body's pooled embeddings for ``texts`` (float32, eval mode): the base-retention targets."""
-    was_training = student.training
-    student.eval()
-    device = next(student.parameters()).device
-    try:
-        chunks = [
-            _forward_parts(student, texts[i : i + batch_size], device)[1].float().cpu().numpy()
-            for i in range(0, len(texts), batch_size)
-        ]
-    finally:
-        student.train(was_training)
-    return np.concatenate(chunks).astype(np.float32)
+    return _encode_eval(student, texts, batch_size, lambda batch, device: _forward_parts(student, batch, device)[1])
+
+
+def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """Student output (unnormalised ``sentence_embedding``) for ``texts`` as float32, in eval mode."""
+    return _encode_eval(student, texts, batch_size, lambda batch, device: _forward(student, batch, device))
 
 
 @torch.no_grad()
-def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """Student output (unnormalised ``sentence_embedding``) for ``texts`` as float32, in eval mode."""
+def _encode_eval(
+    student: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int,
+    forward: Callable[[Sequence[str], torch.device], torch.Tensor],
+) -> np.ndarray:
     was_training = student.training
     student.eval()
     device = next(student.parameters()).device
     try:
         chunks = [
-            _forward(student, texts[i : i + batch_size], device).float().cpu().numpy()
-            for i in range(0, len(texts), batch_size)
+            forward(texts[i : i + batch_size], device).float().cpu().numpy() for i in range(0, len(texts), batch_size)
         ]
     finally:
         student.train(was_training)

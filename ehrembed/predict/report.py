@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,40 +186,31 @@ def _plot(results: pl.DataFrame, group: str, encoders: Sequence[str], bands: pl.
     return buffer.getvalue()
 
 
-def _ci_tables(ci: pl.DataFrame, encoders: Sequence[str]) -> dict[str, str]:
-    """head → Markdown table of macro AUROC with its 95% CI (rows: encoders, columns: k)."""
+def _pivot_tables(
+    frame: pl.DataFrame, encoders: Sequence[str], cell: Callable[[dict[str, Any]], str]
+) -> dict[str, str]:
+    """head → Markdown table with one ``cell(row)`` per (encoder, k) (rows: encoders in report order, columns: k)."""
     out: dict[str, str] = {}
-    for head in sorted(ci.get_column("head").unique().to_list()):
-        part = ci.filter(pl.col("head") == head)
+    for head in sorted(frame.get_column("head").unique().to_list()):
+        part = frame.filter(pl.col("head") == head)
         ks = _ks(part)
         have = set(part.get_column("encoder").to_list())
         order = [e for e in encoders if e in have] + sorted(have - set(encoders))
-        cells = {
-            (r["encoder"], r["k"]): (
-                "–"
-                if r["auroc"] is None
-                else f"{r['auroc']:.3f}"
-                + ("" if r["auroc_lo"] is None else f" ({r['auroc_lo']:.3f}–{r['auroc_hi']:.3f})")
-            )
-            for r in part.iter_rows(named=True)
-        }
+        cells = {(r["encoder"], r["k"]): cell(r) for r in part.iter_rows(named=True)}
         rows = [[enc, *(cells.get((enc, k), "–") for k in ks)] for enc in order]
         out[head] = _markdown_table(["encoder", *[f"k={k}" for k in ks]], rows)
     return out
 
 
-def _wtl_tables(wtl: pl.DataFrame, encoders: Sequence[str]) -> dict[str, str]:
-    """head → Markdown table of wins/ties/losses against count (rows: encoders, columns: k)."""
-    out: dict[str, str] = {}
-    for head in sorted(wtl.get_column("head").unique().to_list()):
-        part = wtl.filter(pl.col("head") == head)
-        ks = _ks(part)
-        have = set(part.get_column("encoder").to_list())
-        order = [e for e in encoders if e in have] + sorted(have - set(encoders))
-        cells = {(r["encoder"], r["k"]): f"{r['wins']}/{r['ties']}/{r['losses']}" for r in part.iter_rows(named=True)}
-        rows = [[enc, *(cells.get((enc, k), "–") for k in ks)] for enc in order]
-        out[head] = _markdown_table(["encoder", *[f"k={k}" for k in ks]], rows)
-    return out
+def _with_ci(row: dict[str, Any]) -> str:
+    if row["auroc"] is None:
+        return "–"
+    ci = "" if row["auroc_lo"] is None else f" ({row['auroc_lo']:.3f}–{row['auroc_hi']:.3f})"
+    return f"{row['auroc']:.3f}{ci}"
+
+
+def _wins_ties_losses(row: dict[str, Any]) -> str:
+    return f"{row['wins']}/{row['ties']}/{row['losses']}"
 
 
 def _neighbour_table(neighbours: pl.DataFrame, encoders: Sequence[str]) -> str:
@@ -304,7 +295,7 @@ def write_report(
             parts += [f"### {head}", "", table, ""]
     if ci is not None and not ci.is_empty():
         parts += ["## Macro AUROC with 95% CI (patient bootstrap)", ""]
-        for head, table in _ci_tables(ci, encoder_order).items():
+        for head, table in _pivot_tables(ci, encoder_order, _with_ci).items():
             parts += [f"### {head}", "", table, ""]
     if wtl is not None and not wtl.is_empty():
         parts += [
@@ -314,7 +305,7 @@ def write_report(
             "baseline's with the same head (paired patient-level bootstrap of the difference, 95%).",
             "",
         ]
-        for head, table in _wtl_tables(wtl, encoder_order).items():
+        for head, table in _pivot_tables(wtl, encoder_order, _wins_ties_losses).items():
             parts += [f"### {head}", "", table, ""]
     if not result.neighbours.is_empty():
         parts += [
