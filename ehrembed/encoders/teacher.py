@@ -154,6 +154,10 @@ class _Prepared:
     truncated: bool
 
 
+DEFAULT_MAX_TOKENS = 2048
+"""A teacher's token window unless asked otherwise (the model's own positions when it has fewer)."""
+
+
 class TeacherEncoder:
     """Encoder over a transformers model folder (kind ``teacher``); see the module docstring.
 
@@ -178,7 +182,7 @@ class TeacherEncoder:
         path: Path | str,
         *,
         pooling: Pooling = "last",
-        max_tokens: int = 2048,
+        max_tokens: int | None = None,
         normalize: bool = True,
         instruction_template: str | None = GTE_INSTRUCTION_TEMPLATE,
         device: str | torch.device | None = None,
@@ -189,7 +193,8 @@ class TeacherEncoder:
         """Load the base model (``AutoModel``: a causal LM's decoder, no LM head) and tokenizer from ``path``.
 
         ``max_tokens`` is the whole input's budget (special tokens and instruction included); it
-        may not exceed the model's ``max_position_embeddings``. A missing pad token becomes EOS.
+        may not exceed the model's ``max_position_embeddings`` (default: 2048, or the model's positions
+        when it has fewer). A missing pad token becomes EOS.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -200,7 +205,7 @@ class TeacherEncoder:
             raise EncoderError(f"{folder} is not a Hugging Face model folder (no config.json); {MISSING_TEACHER_HINT}")
         if pooling not in _POOLINGS:
             raise EncoderError(f"pooling must be one of {', '.join(_POOLINGS)}, not {pooling!r}")
-        if max_tokens < 2:
+        if max_tokens is not None and max_tokens < 2:
             raise EncoderError(f"max_tokens must be >= 2, got {max_tokens}")
         revision = weights_revision(folder)
         dev, torch_dtype = resolve_device_dtype(device, dtype)
@@ -231,6 +236,8 @@ class TeacherEncoder:
             tokenizer.pad_token = tokenizer.eos_token
         config = model.config
         positions = getattr(config, "max_position_embeddings", None)
+        if max_tokens is None:
+            max_tokens = min(DEFAULT_MAX_TOKENS, int(positions)) if positions is not None else DEFAULT_MAX_TOKENS
         if positions is not None and max_tokens > int(positions):
             raise EncoderError(f"max_tokens={max_tokens} exceeds the model's {positions} positions ({folder})")
         hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)

@@ -93,6 +93,59 @@ def embedding_features(name: str, embeddings: EmbeddingSet) -> Features:
     return Features(name, keys, np.asarray(embeddings.vectors, dtype=np.float32))
 
 
+@dataclass(frozen=True)
+class DenseBlock:
+    """How an encoder's vectors sit beside the counts in ``count+NAME``: centred and projected on their
+    first principal components (``basis`` None: as they are), then scaled so the rows have the median L2
+    norm of the log-transformed count rows. Fitted without labels, on the train rows only."""
+
+    scale: float
+    mean: np.ndarray | None = None
+    basis: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, counts: sp.csr_matrix, vectors: np.ndarray, components: int | None) -> DenseBlock:
+        vectors = np.asarray(vectors, dtype=np.float64)
+        mean = basis = None
+        if components is not None and len(vectors) >= 2:
+            mean = vectors.mean(axis=0)
+            basis = np.linalg.svd(vectors - mean, full_matrices=False)[2][:components]
+        projected = cls(1.0, mean, basis).project(vectors)
+        logged = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+        logged.data = np.log1p(np.maximum(logged.data, 0.0))
+        norms = np.sqrt(np.asarray(logged.multiply(logged).sum(axis=1)).ravel())
+        target = float(np.median(norms)) if len(norms) else 1.0
+        current = float(np.median(np.linalg.norm(projected, axis=1))) if len(projected) else 1.0
+        return cls(target / current if current > 0 and target > 0 else 1.0, mean, basis)
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float64)
+        if self.mean is None or self.basis is None:
+            return vectors * self.scale
+        return ((vectors - self.mean) @ self.basis.T) * self.scale
+
+    def fuse(self, counts: sp.csr_matrix, vectors: np.ndarray) -> sp.csr_matrix:
+        """The count rows with this block beside them (one row per row of both)."""
+        block = sp.csr_matrix(self.project(vectors).astype(np.float32))
+        return sp.hstack([sp.csr_matrix(counts, dtype=np.float32), block], format="csr", dtype=np.float32)
+
+    def labels(self, name: str, dim: int) -> list[str]:
+        if self.basis is None:
+            return [f"{name}[{i}]" for i in range(dim)]
+        return [f"{name}:pc{i + 1}" for i in range(self.basis.shape[0])]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The block as plain arrays (saved as .npy beside a fitted head; no pickle)."""
+        out = {"scale": np.asarray([self.scale])}
+        if self.mean is not None and self.basis is not None:
+            out |= {"mean": self.mean, "basis": self.basis}
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DenseBlock:
+        return cls(float(arrays["scale"][0]), arrays.get("mean"), arrays.get("basis"))
+
+
 def fused_features(
     counts: Features,
     dense: Features,
@@ -103,14 +156,12 @@ def fused_features(
 ) -> Features:
     """Count features beside an encoder's vectors (``count+NAME``), on the rows both have.
 
-    The dense block is the vectors' first ``components`` principal components (None: the vectors
-    as they are), fitted on the rows of ``fit_subjects`` (the train split; default every row) without
-    labels, then scaled so its rows have the median L2 norm of the log-transformed count rows. A few
-    components beside thousands of count columns add what the vectors know without drowning the
-    counts in hundreds of noisy columns (a head given all 384 dimensions did worse than counts alone
-    on Eunomia's tuning split); the scale keeps either block from swamping the other. The count
-    block is as it is (heads transform it as they transform counts), and each row's features come
-    from that row's own record only.
+    The dense block (:class:`DenseBlock`) is fitted on the rows of ``fit_subjects`` (the train split;
+    default every row) without labels. A few principal components beside thousands of count columns
+    add what the vectors know without drowning the counts in hundreds of noisy columns (a head given
+    all 384 dimensions did worse than counts alone on Eunomia's tuning split); the scale keeps either
+    block from swamping the other. The count block is as it is (heads transform it as they transform
+    counts), and each row's features come from that row's own record only.
     """
     if not dense.dense:
         raise FeatureError(f"{name}: {dense.name} features are sparse; fuse counts with an encoder's vectors")
@@ -123,27 +174,14 @@ def fused_features(
     keys = counts.keys[rows]
     count_block = sp.csr_matrix(counts.matrix[rows], dtype=np.float32)
     vectors = np.asarray(dense.matrix, dtype=np.float64)[positions[rows]]
-    labels: list[str] = [f"{dense.name}[{i}]" for i in range(dense.dim)]
-    if components is not None and len(vectors):
-        fit = vectors
-        if fit_subjects is not None:
-            fit = vectors[keys.get_column(s.SUBJECT_ID).is_in(np.asarray(fit_subjects).tolist()).to_numpy()]
-        if len(fit) < 2:
-            fit = vectors
-        mean = fit.mean(axis=0)
-        _, _, basis = np.linalg.svd(fit - mean, full_matrices=False)
-        basis = basis[:components]
-        vectors = (vectors - mean) @ basis.T
-        labels = [f"{dense.name}:pc{i + 1}" for i in range(basis.shape[0])]
-    logged = count_block.copy()
-    logged.data = np.log1p(np.maximum(logged.data, 0.0))
-    target = float(np.median(np.sqrt(np.asarray(logged.multiply(logged).sum(axis=1)).ravel()))) if len(rows) else 1.0
-    current = float(np.median(np.linalg.norm(vectors, axis=1))) if len(vectors) else 1.0
-    scale = target / current if current > 0 and target > 0 else 1.0
-    block = sp.csr_matrix((vectors * scale).astype(np.float32))
-    matrix = sp.hstack([count_block, block], format="csr", dtype=np.float32)
-    columns = (*counts.columns, *labels) if counts.columns is not None else None
-    return Features(name, keys, matrix, columns)
+    fit = np.ones(len(rows), dtype=bool)
+    if fit_subjects is not None:
+        fit = keys.get_column(s.SUBJECT_ID).is_in(np.asarray(fit_subjects).tolist()).to_numpy()
+        if fit.sum() < 2:
+            fit[:] = True
+    block = DenseBlock.fit(count_block[np.flatnonzero(fit)], vectors[fit], components)
+    columns = (*counts.columns, *block.labels(dense.name, dense.dim)) if counts.columns is not None else None
+    return Features(name, keys, block.fuse(count_block, vectors), columns)
 
 
 def _bin_labels(bins: Sequence[float]) -> list[str]:
@@ -162,13 +200,16 @@ def count_features(
     min_rows: int = 5,
     name: str = "count",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    columns: Sequence[str] | None = None,
 ) -> Features:
     """The count baseline for each (subject_id, prediction_time) row of ``keys``.
 
     Columns are ``{code}@{bin}`` for every code the dataset records (and, with ``expand_ontology``,
     every ancestor concept) plus ``age_years``. Columns present in fewer than ``min_rows`` rows are
     dropped, and so are ancestor columns that copy another column (an ancestor whose only recorded
-    descendant is one code): the layout depends on the rows, never on their labels.
+    descendant is one code): the layout depends on the rows, never on their labels. With ``columns``
+    (the layout of features made earlier, e.g. a fitted head's) exactly those columns come back, in
+    that order; one this dataset cannot have is all zeros.
 
     Streaming: rows are taken ``chunk_rows`` at a time (a patient's rows may span chunks). Within a
     chunk, each (row, recorded code) pair is counted per bin from the code's sorted event times
@@ -189,8 +230,8 @@ def count_features(
     bin_names = [*_bin_labels(bins_days), "static"]
     feature_index = {c: i for i, c in enumerate(feature_codes)}
     n_bins = len(bin_names)
-    columns = (*tuple(f"{c}@{b}" for c in feature_codes for b in bin_names), "age_years")
-    n_rows, n_cols = keys.height, len(columns)
+    layout = (*tuple(f"{c}@{b}" for c in feature_codes for b in bin_names), "age_years")
+    n_rows, n_cols = keys.height, len(layout)
     # code -> its features (itself and its ancestors), once per code, as a 0/1 matrix.
     expand = sp.csr_matrix(
         (
@@ -204,18 +245,36 @@ def count_features(
     )
     code_ids = pl.DataFrame({s.CODE: codes, "__code": np.arange(len(codes), dtype=np.int64)})
 
-    accumulator = _ColumnAccumulator(n_cols)
+    accumulator = _ColumnAccumulator(n_cols) if columns is None else None  # a given layout needs no filter
     parts: list[sp.csr_matrix] = []
     for start in range(0, n_rows, chunk_rows):
         chunk = keys.slice(start, chunk_rows)
         block = _count_chunk(dataset, chunk, code_ids, expand, bins_days, n_cols)
-        accumulator.add(block, start)
+        if accumulator is not None:
+            accumulator.add(block, start)
         parts.append(block)
+    if accumulator is None:
+        assert columns is not None
+        return Features(name, keys, _select_columns(parts, layout, columns, n_rows), tuple(columns))
     keep = accumulator.keep(min_rows, protected=len(codes) * n_bins)
     keep[-1] = True  # age
     kept = np.flatnonzero(keep)
     matrix = _stack_columns(parts, kept, n_rows)
-    return Features(name, keys, matrix, tuple(np.asarray(columns)[keep].tolist()))
+    return Features(name, keys, matrix, tuple(np.asarray(layout)[keep].tolist()))
+
+
+def _select_columns(
+    parts: list[sp.csr_matrix], layout: Sequence[str], wanted: Sequence[str], n_rows: int
+) -> sp.csr_matrix:
+    """The ``wanted`` columns of the full-width chunks, in that order (zeros where the layout lacks one)."""
+    index = {column: i for i, column in enumerate(layout)}
+    present = [(j, index[c]) for j, c in enumerate(wanted) if c in index]
+    stacked = _stack_columns(parts, np.asarray([i for _, i in present], dtype=np.int64), n_rows)
+    place = sp.csr_matrix(
+        (np.ones(len(present), dtype=np.float32), (np.arange(len(present)), [j for j, _ in present])),
+        shape=(len(present), len(wanted)),
+    )
+    return sp.csr_matrix(stacked @ place, dtype=np.float32)
 
 
 def _count_chunk(

@@ -6,6 +6,11 @@ reported metrics), fits the head on the rest, and saves it in a folder: the head
 ``examples.parquet`` and ``vectors.npy`` (the training examples, for "most similar labelled
 examples" evidence) and ``card.json`` (task, dataset, encoder spec, metrics). :func:`load_fitted`
 reads it back; :meth:`FittedHead.predict` gives probabilities and the nearest labelled examples.
+
+A ``count+NAME`` head (``fusion=True``) scores the count features beside the encoder's vectors
+(:class:`~ehrembed.predict.features.DenseBlock`, fitted on the training examples): its folder also
+holds ``count_columns.json`` (the count layout it was fitted on) and ``fusion_*.npy``; it scores
+stored subjects only, since counts need the patient's events.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
@@ -26,11 +32,16 @@ from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.encoders.job import EmbedConfig, embed_records
 from ehrembed.fsutil import atomic_dir, atomic_write_text, restore_interrupted
+from ehrembed.predict.features import DEFAULT_FUSION_COMPONENTS as FUSION_COMPONENTS
+from ehrembed.predict.features import DenseBlock, count_features
 from ehrembed.predict.heads import HeadError, load_head, make_head
-from ehrembed.predict.heads.base import Head
+from ehrembed.predict.heads.base import Head, Matrix
 from ehrembed.predict.metrics import score
 
 CARD_FILE = "card.json"
+COUNT_COLUMNS_FILE = "count_columns.json"
+FUSION_PREFIX = "fusion_"
+FUSION = "count+"
 EXAMPLES_FILE = "examples.parquet"
 VECTORS_FILE = "vectors.npy"
 HEAD_DIR = "head"
@@ -46,13 +57,48 @@ class FittedHead:
     examples: pl.DataFrame  # subject_id, prediction_time, label
     vectors: np.ndarray
     card: dict[str, Any] = field(default_factory=dict)
+    fusion: DenseBlock | None = None
+    count_columns: tuple[str, ...] | None = None
 
-    def predict(self, vectors: np.ndarray, *, evidence: int = 3) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
-        """Positive-class probabilities and, per row, the ``evidence`` most similar labelled examples."""
+    @property
+    def encoder_name(self) -> str:
+        """The encoder as clients name it: the spec's name, ``count+`` in front for a fused head."""
+        return (FUSION if self.fusion is not None else "") + self.spec.name
+
+    def features(
+        self,
+        vectors: np.ndarray,
+        dataset: MedsDataset | None = None,
+        subject_ids: list[int | None] | None = None,
+        times: list[dt.datetime | None] | None = None,
+    ) -> Matrix:
+        """What the head scores for these rows: the vectors, or for a ``count+`` head the counts (in the
+        head's layout, as of each row's time) beside them."""
+        if self.fusion is None:
+            return vectors
+        if dataset is None or subject_ids is None or times is None or None in subject_ids or None in times:
+            raise HeadError(
+                f"head {self.head_id} ({self.encoder_name}) scores stored subjects only: count features need "
+                "the patient's events, not a record text"
+            )
+        keys = pl.DataFrame(
+            {s.SUBJECT_ID: subject_ids, PREDICTION_TIME: times},
+            schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us")},
+        )
+        counts = count_features(dataset, keys, columns=self.count_columns)
+        return self.fusion.fuse(sp.csr_matrix(counts.matrix), vectors)
+
+    def predict(
+        self, vectors: np.ndarray, *, evidence: int = 3, features: Matrix | None = None
+    ) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
+        """Positive-class probabilities (of ``features`` when given, e.g. :meth:`features`, else of the
+        vectors) and, per row, the ``evidence`` most similar labelled examples by vector."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.spec.dim:
             raise HeadError(f"vectors must have {self.spec.dim} columns (encoder {self.spec.name})")
-        p = self.head.predict_proba(vectors)[:, 1]
+        if self.fusion is not None and features is None:
+            raise HeadError(f"head {self.head_id} ({self.encoder_name}) needs its count features beside the vectors")
+        p = self.head.predict_proba(vectors if features is None else features)[:, 1]
         out: list[list[dict[str, Any]]] = []
         if evidence > 0 and len(self.vectors):
             sims = vectors @ self.vectors.T
@@ -87,11 +133,13 @@ def fit_head(
     question: str | None = None,
     dataset_name: str | None = None,
     config: EmbedConfig | None = None,
+    fusion: bool = False,
 ) -> FittedHead:
     """Embed the examples, fit the head (validated on tuning-split patients) and save it under ``out_root/ID``.
 
     ``question`` is the task's question: instruction-tuned encoders embed the examples with it (the
     instruction rule, :mod:`ehrembed.encoders.instructions`), and predictions reuse the same instruction.
+    ``fusion`` fits a ``count+`` head: the examples' count features beside their vectors.
     """
     if not examples:
         raise HeadError("no labelled examples to fit on")
@@ -115,14 +163,23 @@ def fit_head(
     is_val = np.array([split_of.get(int(i)) == s.Split.TUNING.value for i in joined.get_column(s.SUBJECT_ID)])
     if len(np.unique(y[~is_val])) < 2 or len(np.unique(y[is_val])) < 2:
         is_val[:] = False  # too few to hold out: fit on everything, report no validation metrics
+    X: Matrix = vectors
+    block: DenseBlock | None = None
+    count_columns: tuple[str, ...] | None = None
+    if fusion:
+        counts = count_features(dataset, joined.select(s.SUBJECT_ID, PREDICTION_TIME))
+        count_columns = counts.columns
+        block = DenseBlock.fit(
+            sp.csr_matrix(counts.matrix)[np.flatnonzero(~is_val)], vectors[~is_val], FUSION_COMPONENTS
+        )
+        X = block.fuse(sp.csr_matrix(counts.matrix), vectors)
+    train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     head = make_head(head_kind)
-    head.fit(
-        vectors[~is_val], y[~is_val], vectors[is_val] if is_val.any() else None, y[is_val] if is_val.any() else None
-    )
+    head.fit(X[train_rows], y[~is_val], X[val_rows] if is_val.any() else None, y[is_val] if is_val.any() else None)
     metrics: dict[str, Any] = {"validation_examples": int(is_val.sum())}
     if is_val.any():
         scores = score(
-            y[is_val], head.predict_proba(vectors[is_val])[:, 1], joined.get_column(s.SUBJECT_ID).to_numpy()[is_val]
+            y[is_val], head.predict_proba(X[val_rows])[:, 1], joined.get_column(s.SUBJECT_ID).to_numpy()[is_val]
         )
         metrics.update({k: v for k, v in scores.as_dict().items() if v is not None})
     else:
@@ -135,6 +192,9 @@ def fit_head(
         "task": task,
         "dataset": dataset_name or dataset.name,
         "encoder": encoder.spec.to_dict(),
+        "fusion": None
+        if block is None
+        else {"count_columns": len(count_columns or ()), "components": FUSION_COMPONENTS},
         "encoder_fingerprint": encoder.spec.fingerprint(),
         "serializer_version": embeddings.serializer_version,
         "instruction": embeddings.instruction,
@@ -149,8 +209,12 @@ def fit_head(
         head.save(tmp / HEAD_DIR)
         examples_out.write_parquet(tmp / EXAMPLES_FILE)
         np.save(tmp / VECTORS_FILE, vectors)
+        if block is not None:
+            (tmp / COUNT_COLUMNS_FILE).write_text(json.dumps(list(count_columns or ())))
+            for part, array in block.to_arrays().items():
+                np.save(tmp / f"{FUSION_PREFIX}{part}.npy", array)
         atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=2, default=str) + "\n")
-    return FittedHead(head_id, head, encoder.spec, examples_out, vectors, card)
+    return FittedHead(head_id, head, encoder.spec, examples_out, vectors, card, block, count_columns)
 
 
 def load_fitted(folder: Path) -> FittedHead:
@@ -161,6 +225,12 @@ def load_fitted(folder: Path) -> FittedHead:
     if not card_path.is_file():
         raise HeadError(f"{folder} is not a fitted head (no {CARD_FILE})")
     card = json.loads(card_path.read_text())
+    block = columns = None
+    if card.get("fusion"):
+        block = DenseBlock.from_arrays(
+            {p.stem.removeprefix(FUSION_PREFIX): np.load(p) for p in folder.glob(f"{FUSION_PREFIX}*.npy")}
+        )
+        columns = tuple(json.loads((folder / COUNT_COLUMNS_FILE).read_text()))
     return FittedHead(
         head_id=card["head_id"],
         head=load_head(folder / HEAD_DIR),
@@ -168,6 +238,8 @@ def load_fitted(folder: Path) -> FittedHead:
         examples=pl.read_parquet(folder / EXAMPLES_FILE),
         vectors=np.load(folder / VECTORS_FILE),
         card=card,
+        fusion=block,
+        count_columns=columns,
     )
 
 

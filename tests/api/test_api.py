@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import threading
 
@@ -290,6 +291,58 @@ def test_heads_fit_predict_with_evidence(served: Served) -> None:
         ),
         404,
         "task",
+    )
+
+
+def test_fused_count_heads(served: Served) -> None:
+    """``count+ENCODER`` heads: counts beside the vectors; stored subjects only; reloaded from their folder."""
+    from ehrembed.predict.fitted import load_fitted
+
+    c = served.client
+    ids = served.dataset.splits().get_column("subject_id").sort().to_list()
+    examples = [
+        {"subject_id": sid, "prediction_time": "2020-06-01T00:00:00", "label": i % 3 == 0}
+        for i, sid in enumerate(ids[:80])
+    ]
+    res = c.post(
+        "/v1/heads",
+        json={"dataset": "demo", "examples": examples, "head": "logistic", "encoder": "count+tiny"},
+        headers=served.headers("write"),
+    )
+    assert res.status_code == 201, res.text
+    head = res.json()
+    assert head["encoder"].startswith("count+") and head["n_examples"] == 80
+    pred = c.post(
+        f"/v1/heads/{head['head_id']}/predict",
+        json={"subject_ids": ids[80:83], "evidence": 1, "as_of": "2020-06-01T00:00:00"},
+        headers=served.headers(),
+    )
+    assert pred.status_code == 200, pred.text
+    first = [p["probability"] for p in pred.json()["predictions"]]
+    assert len(first) == 3 and all(0 <= p <= 1 for p in first)
+    fitted = load_fitted(served.settings.home / "heads" / head["head_id"])
+    assert fitted.fusion is not None and fitted.count_columns and fitted.card["fusion"]["components"] == 8
+    # the folder alone gives the same probabilities: counts in the saved layout beside the vectors
+    when = dt.datetime(2020, 6, 1)
+    vectors = np.asarray([r["vector"] for r in c.post(
+        "/v1/embeddings",
+        json={"dataset": "demo", "subject_ids": ids[80:83], "encoder": "tiny", "as_of": when.isoformat()},
+        headers=served.headers(),
+    ).json()["rows"]], dtype=np.float32)  # fmt: skip
+    features = fitted.features(vectors, served.dataset, ids[80:83], [when] * 3)
+    np.testing.assert_allclose(fitted.predict(vectors, features=features)[0], first, atol=1e-6)
+    _error(
+        c.post(f"/v1/heads/{head['head_id']}/predict", json={"records": ["a record"]}, headers=served.headers()),
+        422,
+        "records",
+    )
+    _error(
+        c.post(
+            "/v1/heads",
+            json={"dataset": "demo", "examples": examples, "encoder": "count+nothing"},
+            headers=served.headers("write"),
+        ),
+        404,
     )
 
 

@@ -183,3 +183,17 @@ def test_fused_features_ignore_the_future(tmp_path: Path) -> None:
     b = fused_features(count_features(_dataset(tmp_path / "b", later), keys, min_rows=1), dense, "f")
     assert a.columns == b.columns
     np.testing.assert_array_equal(a.matrix.toarray(), b.matrix.toarray())
+
+
+def test_counts_in_a_given_layout(tmp_path: Path) -> None:
+    rows = [(i, T - dt.timedelta(days=2), "ICD10CM/E11.9") for i in range(1, 8)]
+    ds = _dataset(tmp_path, rows)
+    keys = _keys(*[(i, T) for i in range(1, 8)])
+    first = count_features(ds, keys)
+    assert first.columns is not None
+    wanted = ("X/unseen@<7d", *reversed(first.columns))
+    again = count_features(ds, keys[2:4], columns=wanted)
+    assert again.columns == wanted and again.matrix.shape == (2, len(wanted))
+    dense = again.matrix.toarray()
+    assert (dense[:, 0] == 0).all()  # a column this dataset cannot have
+    np.testing.assert_array_equal(dense[:, 1:], first.matrix.toarray()[2:4, ::-1])

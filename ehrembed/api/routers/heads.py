@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
-from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
+from ehrembed.predict.fitted import FUSION, FittedHead, embed_for_head, fit_head
 from ehrembed.predict.job import case_cohort_keys, restrict
 from ehrembed.predict.labelers import label_dataset
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
@@ -26,7 +26,7 @@ def _head_out(fitted: FittedHead) -> HeadOut:
         kind=card["kind"],
         dataset=card["dataset"],
         task=card.get("task"),
-        encoder=fitted.spec.name,
+        encoder=fitted.encoder_name,
         n_examples=card["n_examples"],
         n_positive=card["n_positive"],
         metrics=card["metrics"],
@@ -38,7 +38,8 @@ def _head_out(fitted: FittedHead) -> HeadOut:
 def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> HeadOut:
     """Fit a head on a task's labels (a stable sample of ``max_examples``) or on inline labelled examples."""
     handle = state.dataset(body.dataset)
-    encoder = state.encoder(body.encoder)
+    fusion = body.encoder.startswith(FUSION)
+    encoder = state.encoder(body.encoder.removeprefix(FUSION))
     spec = None
     with handle.lock.read():
         if body.task is not None:
@@ -61,6 +62,7 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
             task=body.task,
             question=spec.question if spec is not None else None,
             dataset_name=body.dataset,
+            fusion=fusion,
         )
     with state.session() as session:
         record_artifact(session, "head", fitted.head_id, state.heads_dir() / fitted.head_id, fitted.card, body.dataset)
@@ -91,7 +93,12 @@ def predict(
     augmenter = GuidelineAugmenter(kb=state.kb) if state.kb is not None and body.guidelines else None
     passages: list[list[PassageOut]] = []
     if body.records is not None:
+        if fitted.fusion is not None:
+            raise ApiError(
+                422, f"head {head_id} ({fitted.encoder_name}) scores stored subjects only: give subject_ids", "records"
+            )
         vectors, subjects, times = embed_for_head(fitted, encoder, records=body.records)
+        features = fitted.features(vectors)
         for text in body.records:
             hits = state.kb.search(text[:2000], k=body.guidelines, per_guideline=1) if augmenter is not None else []
             passages.append([PassageOut(**h.as_dict()) for h in hits])
@@ -106,13 +113,14 @@ def predict(
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
             )
+            features = fitted.features(vectors, handle.dataset, subjects, times)
             for sid, when in zip(subjects, times, strict=True):
                 hits = []
                 if augmenter is not None and sid is not None and when is not None:
                     patient = handle.dataset.patient(sid)
                     hits = relevant_guidelines(patient, when, handle.vocabulary, augmenter)[: body.guidelines]
                 passages.append([PassageOut(**h.as_dict()) for h in hits])
-    probabilities, evidence = fitted.predict(vectors, evidence=body.evidence)
+    probabilities, evidence = fitted.predict(vectors, evidence=body.evidence, features=features)
     predictions = [
         PredictionOut(subject_id=sid, as_of=when, probability=float(p), similar_examples=ev, guidelines=gl)
         for sid, when, p, ev, gl in zip(subjects, times, probabilities, evidence, passages, strict=True)
