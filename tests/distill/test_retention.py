@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,35 @@ def test_dimension_mismatch_names_the_projection() -> None:
         retention_report(np.ones((10, 16)), np.ones((9, 16)))
     with pytest.raises(RetentionError, match="k must"):
         retention_report(np.eye(5), np.eye(5), k=5)
+
+
+def test_teacher_vectors_averaged_over_task_instructions(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from ehrembed.distill.job import average_over_instructions, load_teacher_embeddings
+    from ehrembed.encoders.base import EncoderSpec
+    from ehrembed.encoders.embeddings import EmbeddingSet
+
+    spec = EncoderSpec(name="t", kind="teacher", model_path="/t", revision="r", pooling="last", dim=2, max_tokens=64)
+    t0 = np.datetime64(dt.datetime(2020, 1, 1), "us")
+
+    def emb(ids: list[int], vectors: list[list[float]], instruction: str) -> EmbeddingSet:
+        return EmbeddingSet(
+            np.asarray(ids, dtype=np.int64), np.full(len(ids), t0), np.asarray(vectors, dtype=np.float32), spec,
+            "markdown-v1-x", instruction, {"serializer": {"format": "markdown", "max_tokens": 40}},
+        )  # fmt: skip
+
+    a = emb([1, 2], [[1, 0], [0, 1]], "question a")
+    b = emb([2, 3], [[1, 0], [0, 1]], "question b")
+    b.extra["serializer"]["max_tokens"] = 30  # a longer instruction leaves less room: still the same layout
+    mean = average_over_instructions({"a": a, "b": b})
+    assert mean.subject_ids.tolist() == [1, 2, 3] and mean.instruction is None
+    np.testing.assert_allclose(mean.vectors, [[1, 0], [np.sqrt(0.5), np.sqrt(0.5)], [0, 1]], atol=1e-6)
+    assert mean.extra["instructions"] == {"a": "question a", "b": "question b"}
+    a.save(tmp_path / "per_task" / "a")
+    b.save(tmp_path / "per_task" / "b")
+    np.testing.assert_allclose(load_teacher_embeddings(tmp_path / "per_task").vectors, mean.vectors, atol=1e-6)
+    other = emb([1], [[1, 0]], "q")
+    other.extra["serializer"] = {"format": "list"}
+    with pytest.raises(ValueError, match="serializer layout"):
+        average_over_instructions({"a": a, "other": other})
