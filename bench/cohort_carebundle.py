@@ -6,7 +6,7 @@ stays and no diagnosis after the first, so of EHRSHOT's groups only abnormal lab
 tasks are in ``bench/tasks/carebundle/`` (four abnormal-lab results with >= 30 held-out positives at
 3,000 patients, and two new-prescription surrogates in the ``custom`` group).
 
-Run ``.venv/bin/python bench/carebundle.py [--n 3000] [--encoders count,student,count+student]
+Run ``.venv/bin/python bench/cohort_carebundle.py [--n 3000] [--encoders count,student,count+student]
 [--encoder distilled=out/models/student] [--out DIR]``: generate, ingest (``ingest_fhir``), run the
 few-shot benchmark (report in DIR, default a temporary folder) and save the macro AUROC with CIs and
 the wins/ties/losses against count to bench/results/carebundle.json.
