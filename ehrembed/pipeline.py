@@ -35,7 +35,7 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.omop import ingest_omop
-from ehrembed.ehr.serialize import Serializer, SerializerConfig
+from ehrembed.ehr.serialize import EMBED_FORMAT, Serializer, SerializerConfig
 from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.fsutil import atomic_write_text, sha256_file
@@ -63,7 +63,7 @@ class MainJobConfig:
     out: Path = Path("out")
     fresh: bool = False
     dataset: Path | None = None
-    serializer: SerializerConfig = field(default_factory=SerializerConfig)
+    serializer: SerializerConfig = field(default_factory=lambda: SerializerConfig(format=EMBED_FORMAT))
     tasks: tuple[str, ...] = MAIN_JOB_TASKS
     teacher: str = "teacher"
     teacher_pooling: str | None = DEFAULT_TEACHER_POOLING

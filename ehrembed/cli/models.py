@@ -67,7 +67,7 @@ def embed_cmd(
         ),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(min=8, help="Encoder token window (default: the model's).")] = None,
-    fmt: FormatOption = RecordFormat.markdown,
+    fmt: FormatOption = RecordFormat.list,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Records encoded between cache writes (what a killed job can lose).")

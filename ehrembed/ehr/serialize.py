@@ -41,6 +41,10 @@ from ehrembed.ehr.vocabulary import Vocabulary
 FORMAT_VERSION = 1
 Format = Literal["markdown", "list", "list_dated"]
 FORMATS: tuple[str, ...] = ("markdown", "list", "list_dated")
+EMBED_FORMAT: Format = "list"
+"""The layout records are embedded in by default: the reference's list. On Eunomia's tuning split it gave the
+MiniLM student a logistic-head AUROC of 0.877 at k=all against 0.743 for Markdown (0.598 vs 0.533 at k=1);
+Markdown stays the layout for reading (``ehrembed serialize``, the record endpoint)."""
 
 
 class SerializeError(ValueError):

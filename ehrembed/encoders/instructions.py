@@ -21,6 +21,7 @@ fitted head, so vectors made under different instructions are never mixed.
 
 from __future__ import annotations
 
+from ehrembed.ehr.serialize import EMBED_FORMAT
 from ehrembed.encoders.base import EncoderSpec
 
 GENERIC_QUESTION = "what is the patient's current state of health"
@@ -33,7 +34,7 @@ _LAYOUT = {
 }
 
 
-def record_instruction(question: str, serializer_format: str = "markdown") -> str:
+def record_instruction(question: str, serializer_format: str = EMBED_FORMAT) -> str:
     """The reference instruction for a record in ``serializer_format`` and a task ``question``."""
     layout = _LAYOUT.get(serializer_format, "in Markdown format")
     question = " ".join(question.split())
@@ -47,7 +48,7 @@ def instruction_for(
     spec: EncoderSpec,
     question: str | None = None,
     *,
-    serializer_format: str = "markdown",
+    serializer_format: str = EMBED_FORMAT,
     override: str | None = None,
     generic: bool = False,
 ) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.serialize import Serializer, SerializerConfig
+from ehrembed.ehr.serialize import EMBED_FORMAT, Serializer, SerializerConfig
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderError
 from ehrembed.encoders.cache import EmbeddingCache, cache_key
@@ -51,11 +51,23 @@ class EmbedConfig:
 
     question: str | None = None
     instruction: str | None = None
-    serializer: SerializerConfig = field(default_factory=SerializerConfig)
+    serializer: SerializerConfig = field(default_factory=lambda: SerializerConfig(format=EMBED_FORMAT))
     batch_size: int = 8
     chunk_size: int = 256
     cache_dir: Path | None = None
     guidelines: GuidelineAugmentation | None = None
+
+    @classmethod
+    def replaying(cls, stored: Mapping[str, Any]) -> EmbedConfig:
+        """The config that embeds new records the way stored vectors were made: their instruction and
+        serializer layout, from an index's or a head's record of them (``instruction``, ``serializer``).
+        One made before layouts were recorded was Markdown."""
+        known = {f.name for f in dataclasses.fields(SerializerConfig)} - {"max_tokens"}
+        layout = stored.get("serializer") or {"format": "markdown"}
+        return cls(
+            instruction=stored.get("instruction"),
+            serializer=SerializerConfig(**{k: v for k, v in layout.items() if k in known}),
+        )
 
     def instruction_for(self, encoder: Encoder) -> str | None:
         """The instruction ``encoder`` gets for every record of this job (the one rule)."""

@@ -198,6 +198,7 @@ def fit_head(
         "encoder_fingerprint": encoder.spec.fingerprint(),
         "serializer_version": embeddings.serializer_version,
         "instruction": embeddings.instruction,
+        "serializer": embeddings.extra.get("serializer"),
         "n_examples": len(y),
         "n_positive": int(y.sum()),
         "n_train": int((~is_val).sum()),
@@ -256,14 +257,13 @@ def embed_for_head(
     stored subjects' records as of ``as_of`` (default each one's latest), or inline record texts."""
     if encoder.spec.fingerprint() != fitted.spec.fingerprint():
         raise HeadError(f"head {fitted.head_id} was fitted on encoder {fitted.spec.name}, not {encoder.spec.name}")
-    instruction = fitted.card.get("instruction")
+    config = EmbedConfig.replaying(fitted.card)
     if records is not None:
-        return encoder.encode(records, instruction=instruction), [None] * len(records), [None] * len(records)
+        vectors = encoder.encode(records, instruction=config.instruction_for(encoder))
+        return vectors, [None] * len(records), [None] * len(records)
     if dataset is None or subject_ids is None:
         raise HeadError("give subject ids with their dataset, or inline records")
-    embeddings, report = embed_records(
-        dataset, encoder, EmbedConfig(instruction=instruction), subject_ids=subject_ids, as_of=as_of
-    )
+    embeddings, report = embed_records(dataset, encoder, config, subject_ids=subject_ids, as_of=as_of)
     if report.skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
         raise HeadError(f"some subjects have no record to score ({reasons})")

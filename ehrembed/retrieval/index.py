@@ -283,6 +283,7 @@ class VectorIndex:
         extra = {
             "serializer_version": embeddings.serializer_version,
             "instruction": embeddings.instruction,
+            "serializer": embeddings.extra.get("serializer"),
             "dataset": embeddings.extra.get("dataset"),
         }
         return cls.build(

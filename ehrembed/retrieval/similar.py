@@ -409,10 +409,10 @@ class SimilarPatients:
             if not times:
                 raise SimilarError(f"subject {subject_id} has no dated events; give an as-of time")
             as_of = max(times)
-        config = EmbedConfig(instruction=self.index.extra.get("instruction"))
+        config = EmbedConfig.replaying(self.index.extra)
         serializer = record_serializer(self.encoder, self.vocabulary, config)
         text = serializer.serialize(patient, as_of=as_of)
-        return self.encoder.encode([text], instruction=config.instruction)[0], as_of
+        return self.encoder.encode([text], instruction=config.instruction_for(self.encoder))[0], as_of
 
     # --- search ---------------------------------------------------------------------------------
 

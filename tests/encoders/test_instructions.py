@@ -29,10 +29,11 @@ def test_reference_wording_per_layout_and_task() -> None:
         "Given a patient's electronic healthcare record (EHR) as a newline separated list, retrieve relevant "
         "passages that answer the query: has the patient anemia"
     )
-    assert instruction_for(teacher, "has the patient anemia") == (
+    assert instruction_for(teacher, "has the patient anemia", serializer_format="markdown") == (
         "Given a patient's electronic healthcare record (EHR) in Markdown format, retrieve relevant passages "
         "that answer the query: has the patient anemia"
     )
+    assert instruction_for(teacher, "x") == instruction_for(teacher, "x", serializer_format="list")  # the default
     assert instruction_for(teacher) == record_instruction(GENERIC_QUESTION)
     assert instruction_for(teacher, "anemia?", generic=True) == record_instruction(GENERIC_QUESTION)
     assert instruction_for(teacher, "anemia?", override="Represent this record") == "Represent this record"
@@ -121,3 +122,13 @@ def test_fitted_heads_keep_the_task_instruction(small: MedsDataset, tiny_qwen2_d
         small, teacher, EmbedConfig(question=afib.question), subject_ids=ids[:2], as_of=examples[0].prediction_time
     )
     np.testing.assert_allclose(vectors, direct.vectors, atol=1e-6)
+
+
+def test_replaying_a_stored_layout_and_instruction() -> None:
+    """Indexes and heads record how their vectors were made; queries against them are made the same way."""
+    stored = EmbedConfig.replaying({"instruction": "x", "serializer": {"format": "list", "max_tokens": 90}})
+    assert stored.instruction == "x" and stored.serializer.format == "list"
+    assert stored.serializer.max_tokens is None  # the budget is the encoder's window again, not a stale number
+    legacy = EmbedConfig.replaying({"instruction": None})  # made before layouts were recorded: Markdown
+    assert legacy.serializer.format == "markdown" and legacy.instruction is None
+    assert EmbedConfig().serializer.format == "list"  # records are embedded in the reference list by default

@@ -304,13 +304,18 @@ def test_build_index_from_embeddings(tmp_path: Path) -> None:
         spec=SPEC,
         serializer_version="markdown-v1",
         instruction="represent",
-        extra={"dataset": "toy"},
+        extra={"dataset": "toy", "serializer": {"format": "list", "max_tokens": 60}},
     )
     seen: list[tuple[int, int]] = []
     report = build_index(emb, tmp_path / "emb.index", progress=lambda done, total: seen.append((done, total)))
     assert report.kind == "flat" and report.rows == 4 and report.index_bytes > 0 and seen[-1] == (4, 4)
     loaded = VectorIndex.load(tmp_path / "emb.index")
-    assert loaded.extra == {"serializer_version": "markdown-v1", "instruction": "represent", "dataset": "toy"}
+    assert loaded.extra == {
+        "serializer_version": "markdown-v1",
+        "instruction": "represent",
+        "serializer": {"format": "list", "max_tokens": 60},  # queries against the index use its layout
+        "dataset": "toy",
+    }
     assert loaded.ids_for_subject(3).tolist() == [0, 1]
     loaded.add_embeddings(emb)
     assert len(loaded) == 8 and loaded.ids_for_subject(3).tolist() == [0, 4, 1, 5]
