@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from ehrembed.cli import app
 from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.encoders.instructions import instruction_for
+from ehrembed.predict.tasks import resolve_tasks
 from ehrembed.store.db import make_engine, session_scope
 from ehrembed.store.repository import list_artifacts
 
@@ -60,6 +62,13 @@ def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student
     )
     assert again["encoded"] == 0 and again["cached"] == 60, "a re-run only reads the cache"
     teacher = EmbeddingSet.load(teacher_out)
+    assert teacher.instruction == instruction_for(teacher.spec)  # no task: the generic question
+    limited = ["embed", str(data), "--encoder", str(tiny_qwen2_dir), "--max-tokens", "400", "--limit", "3"]
+    _ok([*limited, "--task", "new_afib", "--out", str(tmp_path / "afib")])
+    (afib,) = resolve_tasks(["new_afib"])
+    assert EmbeddingSet.load(tmp_path / "afib").instruction == instruction_for(teacher.spec, afib.question)
+    failed = runner.invoke(app, [*limited, "--task", "no_such_task", "--out", str(tmp_path / "x")])
+    assert failed.exit_code == 2 and "no_such_task" in failed.output
     assert teacher.vectors.shape == (60, 32)
 
     model = tmp_path / "student"
@@ -98,7 +107,7 @@ def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student
 
     with session_scope(make_engine()) as session:
         kinds = sorted(a.kind for a in list_artifacts(session))
-    assert kinds == ["embeddings", "embeddings", "embeddings", "model"]
+    assert kinds == ["embeddings", "embeddings", "embeddings", "embeddings", "model"]
 
 
 def test_embed_errors(tmp_path: Path) -> None:

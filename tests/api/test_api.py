@@ -243,13 +243,19 @@ def test_tasks_create_list_and_validate(served: Served) -> None:
     assert "VOCABULARY/CODE" in _error(bad, 400)["message"]
 
 
-def test_heads_fit_predict_with_evidence(served: Served) -> None:
-    c = served.client
+def _head_examples(served: Served) -> tuple[list[int], list[dict[str, object]]]:
+    """The served cohort's subject ids, and labelled examples on the first 80 of them."""
     ids = served.dataset.splits().get_column("subject_id").sort().to_list()
     examples = [
         {"subject_id": sid, "prediction_time": "2020-06-01T00:00:00", "label": i % 3 == 0}
         for i, sid in enumerate(ids[:80])
     ]
+    return ids, examples
+
+
+def test_heads_fit_predict_with_evidence(served: Served) -> None:
+    c = served.client
+    ids, examples = _head_examples(served)
     res = c.post(
         "/v1/heads",
         json={"dataset": "demo", "examples": examples, "head": "logistic", "encoder": "tiny"},
@@ -299,11 +305,7 @@ def test_fused_count_heads(served: Served) -> None:
     from ehrembed.predict.fitted import load_fitted
 
     c = served.client
-    ids = served.dataset.splits().get_column("subject_id").sort().to_list()
-    examples = [
-        {"subject_id": sid, "prediction_time": "2020-06-01T00:00:00", "label": i % 3 == 0}
-        for i, sid in enumerate(ids[:80])
-    ]
+    ids, examples = _head_examples(served)
     res = c.post(
         "/v1/heads",
         json={"dataset": "demo", "examples": examples, "head": "logistic", "encoder": "count+tiny"},
