@@ -47,8 +47,8 @@ Progress = Callable[[str, int, int], None]
 
 MAIN_JOB_TASKS: tuple[str, ...] = ("operational", "new_diagnosis", "abnormal_lab")
 MAIN_JOB_KS: tuple[int | str, ...] = (1, 2, 4, 8, 16, 32, 64, "all")
-DEFAULT_TEACHER_POOLING: str | None = None
 DEFAULT_BASE_WEIGHT = 1.0
+"""The main job's base-retention weight (the recipe of ``DistillConfig.keeping_base``)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class MainJobConfig:
     serializer: SerializerConfig = field(default_factory=lambda: SerializerConfig(format=EMBED_FORMAT))
     tasks: tuple[str, ...] = MAIN_JOB_TASKS
     teacher: str = "teacher"
-    teacher_pooling: str | None = DEFAULT_TEACHER_POOLING
+    teacher_pooling: str | None = None
     """Pooling of the teacher (``last`` / ``mean`` / ``cls``); None keeps the encoder's default."""
     student: str | None = None
     max_tokens: int = 192

@@ -112,7 +112,7 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
     budget = config.serializer.max_tokens
     if budget is None:
         instruction = config.instruction_for(encoder)
-        prefix = encoder.spec.format("", instruction) if instruction else ""
+        prefix = encoder.spec.format("", instruction)  # a fixed prompt counts even without an instruction
         prefix_tokens = encoder.count_tokens([prefix])[0] if prefix else 0
         budget = encoder.spec.max_tokens - prefix_tokens - _BUDGET_MARGIN
         if budget < MIN_RECORD_TOKENS:
