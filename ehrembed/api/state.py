@@ -31,6 +31,7 @@ from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.predict.fitted import CARD_FILE, FittedHead, load_fitted
+from ehrembed.predict.ontology import Ontology
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients
 from ehrembed.settings import Settings
@@ -97,6 +98,14 @@ class DatasetHandle:
     lock: RWLock = field(default_factory=RWLock)
     generation: int = 0
     """The data folder's modification time when the vocabulary and search state were loaded."""
+    ontology: Ontology | None = None
+    """Built on first use by a ``count+`` head after each (re)load (:meth:`count_ontology`)."""
+
+    def count_ontology(self) -> Ontology:
+        """The dataset's ontology for count features, built once per load rather than per request."""
+        if self.ontology is None:
+            self.ontology = Ontology.from_dataset(self.dataset)
+        return self.ontology
 
 
 class _LockedEncoder:
@@ -223,6 +232,7 @@ class ServiceState:
         with read_lock(handle.dataset.root):  # not while another process upserts
             generation = _generation(handle.dataset)
             handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
+            handle.ontology = None
             if handle.index_path is not None:
                 handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
             handle.generation = generation

@@ -37,6 +37,7 @@ from ehrembed.predict.features import DenseBlock, count_features
 from ehrembed.predict.heads import HeadError, load_head, make_head
 from ehrembed.predict.heads.base import Head, Matrix
 from ehrembed.predict.metrics import score
+from ehrembed.predict.ontology import Ontology
 
 CARD_FILE = "card.json"
 COUNT_COLUMNS_FILE = "count_columns.json"
@@ -71,6 +72,7 @@ class FittedHead:
         dataset: MedsDataset | None = None,
         subject_ids: list[int | None] | None = None,
         times: list[dt.datetime | None] | None = None,
+        ontology: Ontology | None = None,
     ) -> Matrix:
         """What the head scores for these rows: the vectors, or for a ``count+`` head the counts (in the
         head's layout, as of each row's time) beside them."""
@@ -85,7 +87,7 @@ class FittedHead:
             {s.SUBJECT_ID: subject_ids, PREDICTION_TIME: times},
             schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us")},
         )
-        counts = count_features(dataset, keys, columns=self.count_columns)
+        counts = count_features(dataset, keys, ontology=ontology, columns=self.count_columns)
         return self.fusion.fuse(sp.csr_matrix(counts.matrix), vectors)
 
     def predict(

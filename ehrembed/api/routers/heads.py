@@ -113,7 +113,8 @@ def predict(
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
             )
-            features = fitted.features(vectors, handle.dataset, subjects, times)
+            ontology = handle.count_ontology() if fitted.fusion is not None else None
+            features = fitted.features(vectors, handle.dataset, subjects, times, ontology)
             for sid, when in zip(subjects, times, strict=True):
                 hits = []
                 if augmenter is not None and sid is not None and when is not None:
