@@ -13,7 +13,7 @@ Every front end (CLI ``embed``, the benchmark, fitted heads, ``/v1/embeddings``,
       format}, retrieve relevant passages that answer the query: {question}
 
   with the task's question (:attr:`ehrembed.predict.tasks.TaskSpec.question`), or, with no task
-  (similar-patient search, export) or ``generic=True``, :data:`GENERIC_QUESTION`.
+  (similar-patient search, export, a generic-instruction benchmark run), :data:`GENERIC_QUESTION`.
 
 The resolved instruction enters every cache key and is saved with every embedding set, index and
 fitted head, so vectors made under different instructions are never mixed.
@@ -50,13 +50,12 @@ def instruction_for(
     *,
     serializer_format: str = EMBED_FORMAT,
     override: str | None = None,
-    generic: bool = False,
 ) -> str | None:
     """The instruction ``spec``'s encoder gets for a record (see the module docstring for the rule)."""
     if not spec.takes_instruction:
         return None
     if override is not None:
         return override
-    if generic or question is None or not question.strip():
+    if question is None or not question.strip():
         question = GENERIC_QUESTION
     return record_instruction(question, serializer_format)

@@ -311,8 +311,6 @@ def run_benchmark(
         tasks=task_rows,
         seconds=time.perf_counter() - started,
         predictions=predictions,
-        neighbours=pl.DataFrame(neighbours, schema=NEIGHBOUR_SCHEMA)
-        if neighbours
-        else pl.DataFrame(schema=NEIGHBOUR_SCHEMA),
+        neighbours=pl.DataFrame(neighbours, schema=NEIGHBOUR_SCHEMA),
         n_bootstrap=config.n_bootstrap,
     )

@@ -35,7 +35,7 @@ def test_reference_wording_per_layout_and_task() -> None:
     )
     assert instruction_for(teacher, "x") == instruction_for(teacher, "x", serializer_format="list")  # the default
     assert instruction_for(teacher) == record_instruction(GENERIC_QUESTION)
-    assert instruction_for(teacher, "anemia?", generic=True) == record_instruction(GENERIC_QUESTION)
+    assert instruction_for(teacher, "  ") == record_instruction(GENERIC_QUESTION)
     assert instruction_for(teacher, "anemia?", override="Represent this record") == "Represent this record"
     # encoders without a template never get an instruction, whatever is asked
     assert instruction_for(_spec(None), "anemia?", override="Represent this record") is None
