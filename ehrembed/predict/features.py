@@ -29,6 +29,8 @@ DEFAULT_BINS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.0, 365.0)
 """Upper edges of the count baseline's time bins in days before the prediction time (older counts go last)."""
 
 _ROW = "__row"
+FUSION_PREFIX = "count+"
+"""``count+NAME``: the count features beside encoder NAME's vectors (benchmark encoders, API heads)."""
 DEFAULT_FUSION_COMPONENTS = 8
 """Principal components of an encoder's vectors that ``count+NAME`` puts beside the counts."""
 

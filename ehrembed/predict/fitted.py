@@ -33,7 +33,7 @@ from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.encoders.job import EmbedConfig, embed_records
 from ehrembed.fsutil import atomic_dir, atomic_write_text, restore_interrupted
 from ehrembed.predict.features import DEFAULT_FUSION_COMPONENTS as FUSION_COMPONENTS
-from ehrembed.predict.features import DenseBlock, count_features
+from ehrembed.predict.features import FUSION_PREFIX, DenseBlock, count_features
 from ehrembed.predict.heads import HeadError, load_head, make_head
 from ehrembed.predict.heads.base import Head, Matrix
 from ehrembed.predict.metrics import score
@@ -41,8 +41,7 @@ from ehrembed.predict.ontology import Ontology
 
 CARD_FILE = "card.json"
 COUNT_COLUMNS_FILE = "count_columns.json"
-FUSION_PREFIX = "fusion_"
-FUSION = "count+"
+FUSION_FILE_PREFIX = "fusion_"
 EXAMPLES_FILE = "examples.parquet"
 VECTORS_FILE = "vectors.npy"
 HEAD_DIR = "head"
@@ -64,7 +63,7 @@ class FittedHead:
     @property
     def encoder_name(self) -> str:
         """The encoder as clients name it: the spec's name, ``count+`` in front for a fused head."""
-        return (FUSION if self.fusion is not None else "") + self.spec.name
+        return (FUSION_PREFIX if self.fusion is not None else "") + self.spec.name
 
     def features(
         self,
@@ -215,7 +214,7 @@ def fit_head(
         if block is not None:
             (tmp / COUNT_COLUMNS_FILE).write_text(json.dumps(list(count_columns or ())))
             for part, array in block.to_arrays().items():
-                np.save(tmp / f"{FUSION_PREFIX}{part}.npy", array)
+                np.save(tmp / f"{FUSION_FILE_PREFIX}{part}.npy", array)
         atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=2, default=str) + "\n")
     return FittedHead(head_id, head, encoder.spec, examples_out, vectors, card, block, count_columns)
 
@@ -231,7 +230,7 @@ def load_fitted(folder: Path) -> FittedHead:
     block = columns = None
     if card.get("fusion"):
         block = DenseBlock.from_arrays(
-            {p.stem.removeprefix(FUSION_PREFIX): np.load(p) for p in folder.glob(f"{FUSION_PREFIX}*.npy")}
+            {p.stem.removeprefix(FUSION_FILE_PREFIX): np.load(p) for p in folder.glob(f"{FUSION_FILE_PREFIX}*.npy")}
         )
         columns = tuple(json.loads((folder / COUNT_COLUMNS_FILE).read_text()))
     return FittedHead(

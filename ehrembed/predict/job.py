@@ -42,7 +42,13 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
 from ehrembed.predict.benchmark import BenchmarkConfig, BenchmarkResult, EncoderFeatures, run_benchmark
-from ehrembed.predict.features import Features, count_features, embedding_features, fused_features
+from ehrembed.predict.features import (
+    FUSION_PREFIX,
+    Features,
+    count_features,
+    embedding_features,
+    fused_features,
+)
 from ehrembed.predict.labelers import LabelSet, label_dataset
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.report import write_report
@@ -50,7 +56,6 @@ from ehrembed.predict.tasks import TaskError, TaskSpec
 
 COUNT = "count"
 GUIDELINES_SUFFIX = "+guidelines"
-FUSION_PREFIX = "count+"
 
 Progress = Callable[[str, int, int], None]
 """Called with (stage description, done, total)."""

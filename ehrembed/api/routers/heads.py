@@ -9,7 +9,8 @@ from fastapi import APIRouter, Path, Request
 from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
-from ehrembed.predict.fitted import FUSION, FittedHead, embed_for_head, fit_head
+from ehrembed.predict.features import FUSION_PREFIX
+from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
 from ehrembed.predict.job import case_cohort_keys, restrict
 from ehrembed.predict.labelers import label_dataset
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
@@ -38,8 +39,8 @@ def _head_out(fitted: FittedHead) -> HeadOut:
 def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> HeadOut:
     """Fit a head on a task's labels (a stable sample of ``max_examples``) or on inline labelled examples."""
     handle = state.dataset(body.dataset)
-    fusion = body.encoder.startswith(FUSION)
-    encoder = state.encoder(body.encoder.removeprefix(FUSION))
+    fusion = body.encoder.startswith(FUSION_PREFIX)
+    encoder = state.encoder(body.encoder.removeprefix(FUSION_PREFIX))
     spec = None
     with handle.lock.read():
         if body.task is not None:
