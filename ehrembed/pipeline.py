@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -78,6 +78,10 @@ class MainJobConfig:
     retrieval_model: Path | None = None
     distill_epochs: int = 3
     distill_base_weight: float = DEFAULT_BASE_WEIGHT
+    distill_records: Literal["sample", "all"] = "sample"
+    """What the student learns from: the teacher vectors of the case-cohort sample (``sample``), or of
+    every patient's whole record (``all``: one more teacher pass over the dataset, each record with one
+    task's question in turn)."""
     ks: tuple[int | str, ...] = MAIN_JOB_KS
     replicates: int = 3
     heads: tuple[str, ...] = ("lightgbm", "logistic", "knn")
@@ -95,6 +99,19 @@ class MainJobResult:
     report: Path | None = None
     summary: str = ""
     encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def distillation_keys(dataset: MedsDataset) -> pl.DataFrame:
+    """Every subject as of its last dated event: the whole records distillation can learn from."""
+    return (
+        dataset.scan()
+        .filter(pl.col(s.TIME).is_not_null())
+        .group_by(s.SUBJECT_ID)
+        .agg(pl.col(s.TIME).max().alias("prediction_time"))
+        .sort(s.SUBJECT_ID)
+        .collect()
+        .select(pl.col(s.SUBJECT_ID).cast(pl.Int64), pl.col("prediction_time").cast(pl.Datetime("us")))
+    )
 
 
 def _typical_held_out_subject(dataset: MedsDataset) -> int:
@@ -225,6 +242,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     from ehrembed.predict.job import (
         BenchmarkJobConfig,
         case_cohort_keys,
+        embed_keys,
         embed_tasks,
         label_keys,
         label_tasks,
@@ -323,7 +341,33 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
             lambda: embed("teacher+guidelines", f"{config.teacher}+guidelines", kb, encoder=teacher_encoder),
         )
     models = out / "models" / "student"
-    clock.run("distill", lambda: _distill(config, dataset, embeddings["teacher"], emb_dir / "teacher", models, say))
+    targets, targets_dir = embeddings["teacher"], emb_dir / "teacher"
+    if config.distill_records == "all":
+
+        def every_record() -> Any:
+            keys = distillation_keys(dataset)
+            choice = parse_encoder(f"teacher={config.teacher}")
+            step = None if progress is None else (lambda d, t: progress("embedding (every record)", d, t))
+            sets: dict[str, Any] = {}
+            for i, labelset in enumerate(labelsets):  # each record with one task's question, in turn
+                part = keys.filter(pl.col(s.SUBJECT_ID) % len(labelsets) == i)
+                if part.height:
+                    sets[labelset.task.name], _ = embed_keys(
+                        dataset,
+                        choice,
+                        part,
+                        emb_dir / "distill-teacher" / labelset.task.name,
+                        max_tokens=config.max_tokens,
+                        batch_size=config.batch_size,
+                        question=labelset.task.question,
+                        encoder=teacher_encoder,
+                        progress=step,
+                    )
+            say(f"teacher: {keys.height:,} whole records for distillation")
+            return sets
+
+        targets, targets_dir = clock.run("teacher (every record)", every_record), emb_dir / "distill-teacher"
+    clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say))
     clock.run("student", lambda: embed("student", config.student or "student"))
     clock.run("distilled", lambda: embed("distilled", str(models)))
 

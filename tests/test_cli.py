@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrembed.cli import app
+from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.predict.tasks import resolve_tasks
 from ehrembed.store.db import make_engine, session_scope
 from ehrembed.store.repository import get_dataset, get_subjects
@@ -100,6 +101,7 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
         "--retrieval-model", str(tiny_student_dir), "--guidelines-kb", str(tmp_path / "kb"),
         "--max-tokens", "400", "--tasks", "new_gi_bleed,new_stroke,long_los", "--guidelines",
         "--sample-positives", "25", "--sample-background", "60", "--k", "1,4,all", "--replicates", "1", "--epochs", "1",
+        "--distill-records", "all",
     ]  # fmt: skip
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -135,6 +137,11 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
         assert "guidelines" in (out / "embeddings" / "teacher+guidelines" / task / "embedding.json").read_text()
     assert json.loads((out / "embeddings" / "distilled" / "embedding.json").read_text())["instruction"] is None
     assert "held-out retention" in first.stderr and "undistilled student" in first.stderr
+    # --distill-records all: every patient's whole record, each with one task's question, taught the student
+    assert "2,694 whole records for distillation" in first.stderr
+    parts = sorted((out / "embeddings" / "distill-teacher").glob("*/embedding.json"))
+    assert [p.parent.name for p in parts] == ["new_gi_bleed", "new_stroke"]
+    assert sum(len(EmbeddingSet.load(p.parent)) for p in parts) == 2694
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
     assert "reusing" in second.stderr and "distill: reusing" in second.stderr

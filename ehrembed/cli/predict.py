@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,14 @@ from ehrembed.cli.common import (
 from ehrembed.pipeline import MainJobConfig
 
 _JOB = MainJobConfig()  # the main job's defaults, shown by `ehrembed run --help`
+
+
+class DistillRecords(StrEnum):
+    """What the main job's student is distilled on (``MainJobConfig.distill_records``)."""
+
+    sample = "sample"
+    all = "all"
+
 
 tasks_app = typer.Typer(
     help="Prediction tasks: list the built-in ones, show or validate a task file.", no_args_is_help=True
@@ -221,6 +230,14 @@ def run_cmd(
             "--distill-base-weight", min=0.0, help="Weight of the base-retention term in distillation (0: off)."
         ),
     ] = _JOB.distill_base_weight,
+    distill_records: Annotated[
+        DistillRecords,
+        typer.Option(
+            "--distill-records",
+            help="Distil on the case-cohort sample's records (sample) or on every patient's whole record (all: "
+            "one more teacher pass over the dataset).",
+        ),
+    ] = DistillRecords(_JOB.distill_records),
 ) -> None:
     """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
     from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, run_main_job
@@ -244,6 +261,7 @@ def run_cmd(
             retrieval_model=retrieval_model,
             distill_epochs=epochs,
             distill_base_weight=base_weight,
+            distill_records=distill_records.value,
             ks=parse_ks(split_list(k)) if k else MAIN_JOB_KS,
             replicates=replicates,
             heads=tuple(split_list(head) or HEAD_NAMES),
