@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from ehrembed.encoders.base import l2_normalize
 from ehrembed.predict.metrics import auroc
+
+_QUERY_CHUNK = 1024
+"""Queries scored at once by :func:`neighbour_lift` (their similarity rows to every train row)."""
 
 CellKey = tuple[str, str, str, str]
 """(task, encoder, head, k)."""
@@ -210,11 +214,11 @@ def neighbour_lift(
     if len(positives) == 0 or not base or len(train) <= k:
         return {"queries": len(positives), "k": k, "neighbour_positive_rate": None, "base_rate": base, "lift": None}
 
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    sims = unit(queries[positives]) @ unit(train).T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    rate = float(np.mean(train_y[top]))
+    candidates = l2_normalize(np.asarray(train, dtype=np.float32))
+    asked = l2_normalize(np.asarray(queries, dtype=np.float32)[positives])
+    hits = 0.0
+    for start in range(0, len(asked), _QUERY_CHUNK):  # bounded memory: a chunk of queries x the train rows
+        sims = asked[start : start + _QUERY_CHUNK] @ candidates.T
+        hits += float(train_y[np.argpartition(-sims, k - 1, axis=1)[:, :k]].sum())
+    rate = hits / (len(asked) * k)
     return {"queries": len(positives), "k": k, "neighbour_positive_rate": rate, "base_rate": base, "lift": rate / base}
