@@ -491,9 +491,9 @@ def distill(
     torch.manual_seed(config.seed)
     # Base-retention targets and the projection's initial fit come from the untrained student (the base),
     # before any resumed weights load.
-    needs_base = config.weight_base > 0 or (config.init_projection and not resume)
+    needs_base = config.weight_base > 0 or (config.init_projection and not resuming)
     base_body = encode_body(student, train_texts, batch_size=config.eval_batch_size) if needs_base else None
-    if config.init_projection and not resume and base_body is not None:
+    if config.init_projection and not resuming and base_body is not None:
         fit_projection(student, base_body, train_teacher, ridge=config.ridge)
     base = base_body if config.weight_base > 0 else None
 
