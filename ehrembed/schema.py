@@ -10,7 +10,11 @@ extension columns that MEDS allows and ``metadata/dataset.json`` declares:
 - ``ref_low`` / ``ref_high``: the reference range the source reported for a measurement.
 
 Times are timezone-naive microsecond timestamps, as MEDS stores them. Timezone-aware source
-times are converted to UTC first; naive source times are kept as given. Static facts (sex, race)
+times are converted to UTC first; naive source times are kept as given. Every time that enters a
+dataset or a query lies in [``EARLIEST_TIME``, now + ``FUTURE_MARGIN``] (:func:`valid_time`), so
+nothing stored is unrepresentable for Python (year 0 or 10000) or absurd for a record; numbers are
+finite float32 (:func:`valid_float32`) and subject ids lie in [0, ``MAX_SUBJECT_ID``] (the int64
+range, which FHIR's hashed ids use in full). Static facts (sex, race)
 have a null time and sort first. Visits become two events: the visit code (e.g. ``Visit/IP``)
 at the start and ``MEDS_VISIT_END`` at the end, sharing ``visit_id``.
 
@@ -20,6 +24,7 @@ Codes are ``{vocabulary}/{code}``: ``SNOMED/49436004``, ``LOINC/2160-0``, ``ICD1
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,6 +43,15 @@ UNIT = "unit"
 VISIT_ID = "visit_id"
 REF_LOW = "ref_low"
 REF_HIGH = "ref_high"
+
+# --- bounds every boundary (events, FHIR, OMOP, query parameters, CLI) enforces ----------------------
+EARLIEST_TIME = dt.datetime(1800, 1, 1)
+FUTURE_MARGIN = dt.timedelta(days=366)
+"""Event and as-of times may lie at most this far after now (scheduled appointments, clock skew)."""
+MAX_SUBJECT_ID = 2**63 - 1
+"""Subject ids are non-negative int64; FHIR's hashed ids (:func:`ehrembed.ehr.fhir.stable_id`) use all 63 bits."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32: ``numeric_value``, ``ref_low`` and ``ref_high`` are stored as float32."""
 
 # --- well-known codes ---------------------------------------------------------------------------
 BIRTH_CODE = "MEDS_BIRTH"
@@ -170,10 +184,45 @@ class Label:
     value: bool | float
 
 
-def normalize_time(value: dt.datetime | dt.date) -> dt.datetime:
-    """MEDS time for a source value: aware → UTC then naive; a bare date → midnight."""
+class InputRangeError(ValueError):
+    """A time, number or id outside what ehrembed stores; the message names the field and the bounds."""
+
+
+def latest_time() -> dt.datetime:
+    """The latest time a record or a query may name: now (UTC) plus :data:`FUTURE_MARGIN`."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None) + FUTURE_MARGIN
+
+
+def normalize_time(value: dt.datetime | dt.date, field: str = "time") -> dt.datetime:
+    """MEDS time for a source value: aware → UTC then naive; a bare date → midnight.
+
+    Raises InputRangeError naming ``field`` when the UTC time is not a representable datetime
+    (``9999-12-31T23:59:59-12:00`` is in year 10000).
+    """
     if not isinstance(value, dt.datetime):
         return dt.datetime(value.year, value.month, value.day)
     if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            raise InputRangeError(f"{field} {value.isoformat()} is outside {_time_bounds()} in UTC") from None
+    return value
+
+
+def valid_time(value: dt.datetime | dt.date, field: str = "time") -> dt.datetime:
+    """:func:`normalize_time`, then refuse (InputRangeError naming ``field``) a time outside the bounds."""
+    normalized = normalize_time(value, field)
+    if not EARLIEST_TIME <= normalized <= latest_time():
+        raise InputRangeError(f"{field} {value.isoformat()} is outside {_time_bounds()}")
+    return normalized
+
+
+def _time_bounds() -> str:
+    return f"the supported range {EARLIEST_TIME:%Y-%m-%d} to {latest_time():%Y-%m-%d}"
+
+
+def valid_float32(value: float, field: str) -> float:
+    """``value`` if it is finite as a float32 (stored columns are float32), else InputRangeError."""
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise InputRangeError(f"{field} {value!r} is not a finite float32 (|x| ≤ {FLOAT32_MAX:.4g})")
     return value

@@ -146,3 +146,41 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     assert second.exit_code == 0, second.output
     assert "reusing" in second.stderr and "distill: reusing" in second.stderr
     assert "from cache" in (out / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("observation_time", "value"),
+    [("9999-12-31T23:59:59-12:00", 1.0), ("2020-01-02T10:00:00Z", "NaN"), ("2020-01-02T10:00:00Z", 1e39)],
+)
+def test_ingest_fhir_refuses_unstorable_times_and_numbers_with_exit_2(
+    tmp_path: Path, observation_time: str, value: object
+) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01"}},
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "subject": {"reference": "Patient/p1"},
+                    "effectiveDateTime": observation_time,
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+                    "valueQuantity": {"value": value},
+                }
+            },
+        ],
+    }
+    source = tmp_path / "bundle.json"
+    source.write_text(json.dumps(bundle))
+    result = runner.invoke(app, ["ingest", "fhir", str(source), "--out", str(tmp_path / "meds")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "Observation" in result.output
+    assert not (tmp_path / "meds").exists()
+
+
+def test_as_of_out_of_range_is_exit_2(ingested: Path) -> None:
+    result = runner.invoke(app, ["serialize", str(ingested), "--subject", "1", "--as-of", "0001-01-01T00:00:00+01:00"])
+    assert result.exit_code == 2
+    assert "outside the supported range" in result.output

@@ -6,17 +6,20 @@ the guideline knowledge base load once at startup. ``ehrembed serve`` runs it wi
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
 
 from ehrembed import __version__
-from ehrembed.api.deps import _KeyCache
+from ehrembed.api.deps import _KeyCache, verify_key
 from ehrembed.api.errors import install_handlers
 from ehrembed.api.metrics import Metrics
-from ehrembed.api.middleware import BodyLimit, Observe
+from ehrembed.api.middleware import Authenticate, BodyLimit, Observe
 from ehrembed.api.routers import admin, embeddings, guidelines, heads, health, patients, tasks
 from ehrembed.api.state import ServiceState
 from ehrembed.settings import Settings, get_settings
@@ -45,6 +48,17 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     install_handlers(app)
     for module in (health, patients, embeddings, tasks, heads, guidelines, admin):
         app.include_router(module.router)
-    app.add_middleware(Observe, metrics=app.state.metrics, state=service)
+    # Added innermost first: a request meets Observe, then Authenticate, then BodyLimit, then the routes.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(Authenticate, verify=partial(verify_key, service), cache=app.state.key_cache)
+    app.add_middleware(Observe, metrics=app.state.metrics, state=service, router=app.router)
     return app
+
+
+def logging_config() -> dict[str, Any]:
+    """uvicorn's logging config plus the ``ehrembed`` loggers (access lines, errors with tracebacks) on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["ehrembed"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

@@ -3,7 +3,6 @@ by scope, and what a request touched for the audit trail."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +16,7 @@ from ehrembed.api.errors import ApiError
 from ehrembed.api.state import DatasetHandle, ServiceState
 from ehrembed.predict.tasks import TaskSpec, builtin_task_names, parse_task, resolve_tasks
 from ehrembed.store.errors import NotFoundError
+from ehrembed.store.repository import audit as write_audit
 from ehrembed.store.repository import get_task, scope_allows, verify_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ehrembed keys create`")
@@ -62,24 +62,21 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
+def verify_key(state: ServiceState, secret: str) -> Caller | None:
+    """The caller a key secret belongs to, or None if it is unknown or revoked (asks the store)."""
+    with state.session() as session:
+        key = verify_api_key(session, secret)
+        return None if key is None else Caller(key.id, key.name, str(key.scope))
+
+
 def _caller(
     request: Request,
-    state: StateDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    if credentials is None or not credentials.credentials:
+    """The caller :class:`ehrembed.api.middleware.Authenticate` verified (``_credentials`` documents the scheme)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:  # only when the app runs without its middleware
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "Authorization")
-    digest = hashlib.sha256(credentials.credentials.encode()).hexdigest()
-    cache: _KeyCache = request.app.state.key_cache
-    caller = cache.get(digest)
-    if caller is None:
-        with state.session() as session:
-            key = verify_api_key(session, credentials.credentials)
-            if key is None:
-                raise ApiError(401, "invalid or revoked API key", "Authorization")
-            caller = Caller(key.id, key.name, str(key.scope))
-        cache.put(digest, caller)
-    request.state.caller = caller
     return caller
 
 
@@ -99,9 +96,29 @@ WriteKey = Annotated[Caller, Depends(require("write"))]
 AdminKey = Annotated[Caller, Depends(require("admin"))]
 
 
+AUDITED: dict[str, object] = {"x-audit": "patient"}
+"""``openapi_extra`` of every patient-level route: the audit middleware writes a row for each request
+to it, whatever the outcome (handlers add the dataset and subjects with :func:`audit`)."""
+
+
 def audit(request: Request, dataset: str | None, subject_ids: Iterable[int]) -> None:
-    """Mark the request as a patient-level access; the audit middleware writes the row with its status."""
+    """Name the dataset and subjects a patient-level request touches; the middleware writes the row with its status."""
     request.state.audit = (dataset, [int(i) for i in subject_ids])
+
+
+def audit_write(request: Request, state: ServiceState, dataset: str, subject_ids: Iterable[int]) -> None:
+    """Commit the audit row of a write *before* the change (status 102 until the middleware sets the outcome).
+
+    A crash after the change leaves the row in place, so no change is ever without its row.
+    """
+    ids = [int(i) for i in subject_ids]
+    caller: Caller | None = getattr(request.state, "caller", None)
+    route = getattr(request.scope.get("route"), "path", None) or request.url.path
+    with state.session() as session:
+        row = write_audit(session, caller.key_id if caller else None, route, request.method, ids, dataset, 102)
+        row_id = int(row.id)
+    request.state.audit = (dataset, ids)
+    request.state.audit_row = row_id
 
 
 def require_subjects(handle: DatasetHandle, subject_ids: Iterable[int], field: str) -> None:

@@ -3,12 +3,15 @@
 ``{"error": {"status": 404, "field": "subject_id", "message": "subject 42 is not in dataset demo"}}``.
 Routers raise :class:`ApiError`; the handlers here also turn request validation errors and the
 library's input errors (all ``ValueError`` subclasses with messages written for people) into that
-shape, so no stack trace or internal detail reaches a client.
+shape, so no stack trace or internal detail reaches a client: input errors lose any server path
+(:func:`public_message`), and anything unexpected is a 500 that carries only a request id, while the
+log keeps the traceback under that id.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +32,14 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.field = field
+
+
+_SERVER_PATH = re.compile(r"(?<![\w/:.~-])/(?!v1/)[^\s'\",;()]*/[^\s'\",;()]*")
+
+
+def public_message(message: str) -> str:
+    """``message`` without server file paths (``/srv/data/x.parquet`` → ``<server path>``); API routes stay."""
+    return _SERVER_PATH.sub("<server path>", message)
 
 
 def error_body(status: int, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -68,9 +79,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def _value(_request: Request, exc: ValueError) -> JSONResponse:
         # The library's input errors (MedsError, TaskError, HeadError, VectorIndexError, ...).
-        return _json(400, str(exc))
+        return _json(400, public_message(str(exc)))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s in %s", type(exc).__name__, _request.url.path)  # no bodies, no record text
-        return _json(500, "internal error; the server log has the exception type")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", None)
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        # The route template, not the path (ids) or query; the traceback stays in this log.
+        log.error("unhandled %s in %s [request %s]", type(exc).__name__, route, request_id, exc_info=exc)
+        response = _json(500, f"internal error; quote request id {request_id} to the operator", request_id=request_id)
+        response.headers["X-Request-ID"] = str(request_id)  # this response bypasses the middleware that adds it
+        return response

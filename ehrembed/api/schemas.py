@@ -1,11 +1,47 @@
-"""Request and response bodies of the HTTP API (pydantic; they are the OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (pydantic; they are the OpenAPI schema).
+
+Input policy (the same as every other boundary, see :mod:`ehrembed.schema`): ids are JSON integers
+in [0, 2^63 - 1] (``"1"``, ``true`` and ``1.0`` are refused, not read as 1); times are ISO strings
+(a bare number is not read as a Unix time), aware ones converted to UTC, inside the supported range;
+numbers are finite float32. A violation is a 422 naming the field.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from ehrembed.schema import MAX_SUBJECT_ID, valid_float32, valid_time
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _iso_only(value: Any) -> Any:
+    """Times come as ISO strings (or datetimes); a number would be read as a Unix time, so refuse it."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("give an ISO time such as 2019-06-01 or 2019-06-01T08:30:00+02:00, not a number")
+    return value
+
+
+def _integer_text(value: Any) -> Any:
+    """Query integers are written as integers (``k=1.0`` is refused, not rounded)."""
+    if isinstance(value, str) and not re.fullmatch(r"[+-]?\d{1,19}", value.strip()):
+        raise ValueError("give a whole number such as 10")
+    return value
+
+
+Time = Annotated[
+    dt.datetime, BeforeValidator(_iso_only), AfterValidator(lambda v, info: valid_time(v, info.field_name or "time"))
+]
+"""An ISO time inside the supported range, as naive UTC."""
+SubjectIdIn = Annotated[int, Field(strict=True, ge=0, le=MAX_SUBJECT_ID)]
+QueryInt = Annotated[int, BeforeValidator(_integer_text)]
+Float32 = Annotated[
+    float, Field(allow_inf_nan=False), AfterValidator(lambda v, info: valid_float32(v, info.field_name or "value"))
+]
 
 MAX_IDS = 1000
 MAX_RECORDS = 64
@@ -19,15 +55,15 @@ class _Body(BaseModel):
 class EventIn(_Body):
     """One MEDS event of a patient."""
 
-    subject_id: int = Field(ge=0, le=2**62)
-    time: dt.datetime | None = None
+    subject_id: SubjectIdIn
+    time: Time | None = None
     code: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
-    numeric_value: float | None = Field(default=None, allow_inf_nan=False)
+    numeric_value: Float32 | None = None
     text_value: str | None = Field(default=None, max_length=10_000)
     unit: str | None = Field(default=None, max_length=64)
-    visit_id: int | None = None
-    ref_low: float | None = Field(default=None, allow_inf_nan=False)
-    ref_high: float | None = Field(default=None, allow_inf_nan=False)
+    visit_id: Annotated[int, Field(strict=True, ge=0, le=MAX_SUBJECT_ID)] | None = None
+    ref_low: Float32 | None = None
+    ref_high: Float32 | None = None
 
 
 class CodeIn(_Body):
@@ -72,8 +108,8 @@ class EmbeddingsIn(_Body):
     """Vectors for stored subjects (as of a time, default each one's last event) or inline record texts."""
 
     dataset: str | None = Field(default=None, max_length=200)
-    subject_ids: list[int] | None = Field(default=None, max_length=MAX_IDS)
-    as_of: dt.datetime | None = None
+    subject_ids: list[SubjectIdIn] | None = Field(default=None, max_length=MAX_IDS)
+    as_of: Time | None = None
     records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
     encoder: str = Field(default="student", max_length=200)
     task: str | None = Field(default=None, max_length=64)
@@ -152,7 +188,7 @@ class SimilarIn(_Body):
 
     dataset: str = Field(max_length=200)
     record: str = Field(min_length=1, max_length=100_000)
-    k: int = Field(default=10, ge=1, le=100)
+    k: int = Field(default=10, ge=1, le=100, strict=True)
     filters: FiltersIn = Field(default_factory=FiltersIn)
 
 
@@ -163,9 +199,9 @@ class TaskOut(BaseModel):
 
 
 class ExampleIn(_Body):
-    subject_id: int = Field(ge=0, le=2**62)
-    prediction_time: dt.datetime
-    label: bool
+    subject_id: SubjectIdIn
+    prediction_time: Time
+    label: bool = Field(strict=True)
 
 
 class HeadIn(_Body):
@@ -176,7 +212,7 @@ class HeadIn(_Body):
     examples: list[ExampleIn] | None = Field(default=None, max_length=MAX_EXAMPLES)
     head: Literal["lightgbm", "logistic", "knn"] = "logistic"
     encoder: str = Field(default="student", max_length=200)
-    max_examples: int = Field(default=400, ge=4, le=MAX_EXAMPLES)
+    max_examples: int = Field(default=400, ge=4, le=MAX_EXAMPLES, strict=True)
     """With ``task``: at most this many examples (half positives, one per patient; a stable sample)."""
 
     @model_validator(mode="after")
@@ -199,11 +235,11 @@ class HeadOut(BaseModel):
 
 
 class PredictIn(_Body):
-    subject_ids: list[int] | None = Field(default=None, max_length=MAX_IDS)
-    as_of: dt.datetime | None = None
+    subject_ids: list[SubjectIdIn] | None = Field(default=None, max_length=MAX_IDS)
+    as_of: Time | None = None
     records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
-    evidence: int = Field(default=3, ge=0, le=20)
-    guidelines: int = Field(default=2, ge=0, le=10)
+    evidence: int = Field(default=3, ge=0, le=20, strict=True)
+    guidelines: int = Field(default=2, ge=0, le=10, strict=True)
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictIn:

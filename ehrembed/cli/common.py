@@ -137,9 +137,12 @@ def parse_time(value: str | None, what: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         fail(f"{what} {value!r} is not an ISO time such as 2019-06-01 or 2019-06-01T23:59")
-    from ehrembed.schema import normalize_time
+    from ehrembed.schema import InputRangeError, valid_time
 
-    return normalize_time(parsed)
+    try:
+        return valid_time(parsed, what)
+    except InputRangeError as exc:
+        fail(str(exc))
 
 
 def print_stats(stats: dict[str, Any]) -> None:

@@ -139,7 +139,8 @@ def embed_cmd(
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
         written = EmbeddingSet.load(out)
-        record_artifact("embeddings", out.name, out, written.spec.to_dict(), ds.name)
+        # "encoder" is the name the user gave (``student``), which the export endpoint matches on too.
+        record_artifact("embeddings", out.name, out, {**written.spec.to_dict(), "encoder": encoder}, ds.name)
     data = report.as_dict()
     if as_json:
         print_json(data)

@@ -100,10 +100,13 @@ def serve_cmd(
     """Serve the HTTP API (models, indexes and heads load once at startup)."""
     import uvicorn
 
+    from ehrembed.api.app import logging_config
+
     err_console.print(f"serving on http://{host}:{port} (OpenAPI at /docs); stop with Ctrl-C")
+    # uvicorn's own access log would keep query strings (ids, filters); ours keeps route templates only.
     uvicorn.run(
         "ehrembed.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info",
-        access_log=True,
+        access_log=False, log_config=logging_config(),
     )  # fmt: skip
 
 

@@ -40,6 +40,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, conform_events, write_dataset
+from ehrembed.ehr.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -149,24 +150,26 @@ _YEAR = re.compile(r"^\d{4}$")
 _YEAR_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-def parse_fhir_time(value: Any) -> dt.datetime | None:
+def parse_fhir_time(value: Any, field: str = "time") -> dt.datetime | None:
     """MEDS time of a FHIR date/dateTime/instant; None if it cannot be read.
 
     ``2020`` → Jan 1, ``2020-03`` → Mar 1, ``2020-03-04`` → midnight; times with an offset are
-    converted to UTC and made naive; naive times are kept as given.
+    converted to UTC and made naive; naive times are kept as given. A readable time outside the
+    supported range raises InputRangeError naming ``field`` (the resource is refused, not skipped).
     """
     if not isinstance(value, str):
         return None
     text = value.strip()
     try:
         if _YEAR.match(text):
-            return dt.datetime(int(text), 1, 1)
-        match = _YEAR_MONTH.match(text)
-        if match:
-            return dt.datetime(int(match[1]), int(match[2]), 1)
-        return s.normalize_time(dt.datetime.fromisoformat(text))
+            parsed = dt.datetime(int(text), 1, 1)
+        elif match := _YEAR_MONTH.match(text):
+            parsed = dt.datetime(int(match[1]), int(match[2]), 1)
+        else:
+            parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
+    return s.valid_time(parsed, field)
 
 
 # --- reading files -------------------------------------------------------------------------------
@@ -389,7 +392,8 @@ def _pick_code(concept: Any, rows: _Rows) -> tuple[str, str | None] | None:
             rows.report.skip(f"unmapped system {system}")
             continue
         display = coding.get("display")
-        return f"{prefix}/{code.strip()}", (display if isinstance(display, str) and display else text)
+        description = display if isinstance(display, str) and display.strip() else text
+        return f"{prefix}/{one_line(code, 200)}", (one_line(description) if description else None)
     return None
 
 
@@ -424,7 +428,7 @@ def _first_time(resource: dict[str, Any], rows: _Rows, *paths: str) -> tuple[boo
             value = value.get(part) if isinstance(value, dict) else None
         if value is None or value == "":
             continue
-        parsed = parse_fhir_time(value)
+        parsed = parse_fhir_time(value, path)
         if parsed is None:
             rows.report.skip("unparseable time")
             return False, None
@@ -441,17 +445,20 @@ def _encounter(resource: dict[str, Any]) -> str | None:
     return _ref_key(resource.get("encounter") or resource.get("context"))
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any, field: str) -> float | None:
+    """A FHIR decimal as a float; None if it is not a number; InputRangeError unless finite float32."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return s.valid_float32(number, field)
 
 
 def _patient(rows: _Rows, item: _Item) -> None:
@@ -475,13 +482,13 @@ def _patient(rows: _Rows, item: _Item) -> None:
         if isinstance(ext, dict) and ext.get("url") == BIRTH_TIME_EXTENSION and ext.get("valueDateTime"):
             birth = ext["valueDateTime"]  # the exact time of birth, where the source has it
     if birth:
-        born = parse_fhir_time(birth)
+        born = parse_fhir_time(birth, "birthDate")
         if born is None:
             rows.report.skip("unparseable time")
         else:
             rows.add(key, born, s.BIRTH_CODE)
     if res.get("deceasedDateTime"):
-        died = parse_fhir_time(res["deceasedDateTime"])
+        died = parse_fhir_time(res["deceasedDateTime"], "deceasedDateTime")
         if died is None:
             rows.report.skip("unparseable time")
         else:
@@ -536,7 +543,7 @@ def _encounter_resource(rows: _Rows, item: _Item) -> None:
     rows.add(subject, start, code, visit=key)
     end_value = (res.get("period") or res.get("actualPeriod") or {}).get("end")
     if end_value:
-        end = parse_fhir_time(end_value)
+        end = parse_fhir_time(end_value, "period.end")
         if end is None:
             rows.report.skip("unparseable time")
         else:
@@ -569,7 +576,7 @@ def _observation_values(node: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     quantity = node.get("valueQuantity")
     if isinstance(quantity, dict):
-        number = _number(quantity.get("value"))
+        number = _number(quantity.get("value"), "valueQuantity.value")
         values["numeric"] = number
         if number is None and quantity.get("value") is not None:
             values["text"] = str(quantity.get("value"))
@@ -589,13 +596,13 @@ def _observation_values(node: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(node.get("valueBoolean"), bool):
         values["text"] = "true" if node["valueBoolean"] else "false"
     elif "valueInteger" in node:
-        values["numeric"] = _number(node["valueInteger"])
+        values["numeric"] = _number(node["valueInteger"], "valueInteger")
     elif isinstance(node.get("valueDateTime"), str):
         values["text"] = node["valueDateTime"]
     ranges = node.get("referenceRange")
     if isinstance(ranges, list) and ranges and isinstance(ranges[0], dict):
-        values["low"] = _number((ranges[0].get("low") or {}).get("value"))
-        values["high"] = _number((ranges[0].get("high") or {}).get("value"))
+        values["low"] = _number((ranges[0].get("low") or {}).get("value"), "referenceRange.low.value")
+        values["high"] = _number((ranges[0].get("high") or {}).get("value"), "referenceRange.high.value")
     return values
 
 
@@ -764,7 +771,10 @@ def _take(rows: _Rows, item: _Item) -> None:
     if handler is None:
         rows.report.skip(f"unsupported resource type {rtype}")
         return
-    handler(rows, item)
+    try:
+        handler(rows, item)
+    except s.InputRangeError as exc:
+        raise FhirError(f"{item.location}: {rtype} {exc}") from None
 
 
 def _resolve(key: str | None, kind: str, urls: dict[str, str]) -> str | None:

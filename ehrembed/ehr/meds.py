@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ehrembed import __version__
 from ehrembed import schema as s
 from ehrembed.ehr.splits import assign_splits
+from ehrembed.ehr.text import one_line
 from ehrembed.fsutil import atomic_dir, atomic_write_text
 
 MEDS_VERSION = "0.4.1"
@@ -92,10 +93,12 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
 
 
-def conform_events(events: pl.DataFrame, *, source: str = "events") -> pl.DataFrame:
+def conform_events(events: pl.DataFrame, *, source: str = "events", check_ranges: bool = True) -> pl.DataFrame:
     """Cast to the event schema (adding missing optional columns), validate, and sort.
 
-    Raises MedsError naming ``source`` and the first offending row for null subjects or codes.
+    Raises MedsError naming ``source`` and the first offending row for null subjects or codes,
+    and (``check_ranges``, on for everything new) for negative ids, times out of bounds and
+    numbers that are not finite float32.
     """
     missing = [c for c in (s.SUBJECT_ID, s.CODE) if c not in events.columns]
     if missing:
@@ -113,13 +116,45 @@ def conform_events(events: pl.DataFrame, *, source: str = "events") -> pl.DataFr
         nulls = events.select(pl.col(col).is_null().arg_true()).to_series()
         if len(nulls):
             raise MedsError(f"{source}: row {int(nulls[0])} has no {col}")
+    if check_ranges:
+        _check_ranges(events, source)
     return events.sort([s.SUBJECT_ID, s.TIME], nulls_last=False, maintain_order=True)
 
 
+def _check_ranges(events: pl.DataFrame, source: str) -> None:
+    """MedsError naming the first row whose id is negative, time out of bounds, or number not finite float32.
+
+    Runs on every path that writes events (ingest, upsert), so nothing stored is unreadable later:
+    a time outside :func:`ehrembed.schema.valid_time`'s bounds, or a value that became ``inf`` in
+    the float32 column, is refused here rather than found by a reader.
+    """
+    latest = s.latest_time()
+    checks = {
+        s.SUBJECT_ID: (pl.col(s.SUBJECT_ID) < 0, "is negative"),
+        s.TIME: (
+            (pl.col(s.TIME) < s.EARLIEST_TIME) | (pl.col(s.TIME) > latest),
+            f"is outside {s.EARLIEST_TIME:%Y-%m-%d} to {latest:%Y-%m-%d}",
+        ),
+        **{
+            col: (~pl.col(col).is_finite(), "is not a finite float32")
+            for col in (s.NUMERIC_VALUE, s.REF_LOW, s.REF_HIGH)
+        },
+    }
+    for col, (bad, problem) in checks.items():
+        rows = events.select(bad.fill_null(False).arg_true()).to_series()
+        if len(rows):
+            value = events.get_column(col).cast(pl.String)[int(rows[0])]  # year 10000 has no Python datetime
+            raise MedsError(f"{source}: row {int(rows[0])} {col} {value} {problem} ({len(rows)} such row(s))")
+
+
 def conform_codes(codes: pl.DataFrame) -> pl.DataFrame:
+    """Cast to the codes schema, one row per code, sorted; descriptions neutralised (:func:`one_line`)."""
     for col, dtype in _POLARS_CODES_SCHEMA.items():
         if col not in codes.columns:
             codes = codes.with_columns(pl.lit(None, dtype=dtype).alias(col))
+    codes = codes.with_columns(
+        pl.col(s.DESCRIPTION).cast(pl.String).map_elements(one_line, return_dtype=pl.String, skip_nulls=True)
+    )
     return (
         codes.select([pl.col(c).cast(dtype) for c, dtype in _POLARS_CODES_SCHEMA.items()])
         .unique(subset=[s.CODE], keep="first", maintain_order=True)
@@ -238,7 +273,10 @@ class MedsDataset:
         root = Path(root)
         if not root.is_dir():
             raise MedsError(f"{root}: no such dataset folder")
-        if (root / ".ehrembed-upsert.json").exists():  # an interrupted upsert, or one in another process
+        interrupted = (root / ".ehrembed-upsert.json").exists() or any(
+            next(root.glob(f"{folder}/*.tmp"), None) is not None for folder in (s.DATA_DIR, "metadata")
+        )
+        if interrupted:  # an upsert that crashed (journal or stray temp files), or one running in another process
             from ehrembed.ehr.upsert import recover, write_lock
 
             with write_lock(root):  # waits for a live upsert to end; then only a crashed one is left to finish
@@ -288,7 +326,7 @@ class MedsDataset:
         """One patient's events; raises KeyError if the subject is not in the dataset."""
         frame = self.scan().filter(pl.col(s.SUBJECT_ID) == subject_id).collect()
         if frame.is_empty():
-            raise KeyError(f"subject {subject_id} is not in dataset {self.root}")
+            raise KeyError(f"subject {subject_id} is not in dataset {self.name}")
         return next(iter(patients_from_frame(frame)))
 
     def iter_patients(self, subject_ids: Iterable[int] | None = None) -> Iterator[s.Patient]:

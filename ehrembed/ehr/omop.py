@@ -533,15 +533,18 @@ def _require_time(
     report: IngestReport,
     lenient: bool,
 ) -> pl.DataFrame:
-    """Events must have a time; name the first offending row unless ``lenient``."""
-    bad = frame.filter(pl.col(s.TIME).is_null())
+    """Events must have a time in the supported range; name the first offending row unless ``lenient``."""
+    bad = frame.filter(
+        pl.col(s.TIME).is_null() | (pl.col(s.TIME) < s.EARLIEST_TIME) | (pl.col(s.TIME) > s.latest_time())
+    )
     if bad.is_empty():
         return frame
     if not lenient:
         first = bad.row(0, named=True)
         raise OmopError(
             f"{source.origin}: table {table} row {id_name}={first[id_col]} (person {first[s.SUBJECT_ID]}) "
-            f"has no usable date; {bad.height} such row(s). Fix the extract or pass --lenient to skip them"
+            f"has no usable date (none, or outside {s.EARLIEST_TIME:%Y-%m-%d} to {s.latest_time():%Y-%m-%d}); "
+            f"{bad.height} such row(s). Fix the extract or pass --lenient to skip them"
         )
     report.skip(f"{table}: no date", bad.height)
     return frame.filter(pl.col(s.TIME).is_not_null())

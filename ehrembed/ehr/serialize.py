@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 from ehrembed import schema as s
+from ehrembed.ehr.text import one_line
 from ehrembed.ehr.tokens import TokenCounter
 from ehrembed.ehr.vocabulary import Vocabulary
 
@@ -402,7 +403,7 @@ class Serializer:
             if event.numeric_value is not None:
                 text = f"{text}: {_format_value(event.code, event)}"
             elif event.text_value:
-                text = f"{text}: {event.text_value}"
+                text = f"{text}: {one_line(event.text_value)}"
             sections[where][event.code] = text  # the visit's last value of a code wins
         return sections
 
@@ -421,7 +422,7 @@ class Serializer:
             if event.numeric_value is not None:
                 text = f"{text}: {_format_value(code, event)}"
             elif event.text_value and self.vocabulary.domain(code) != s.Domain.VISIT:
-                text = f"{text}: {event.text_value}"
+                text = f"{text}: {one_line(event.text_value)}"
             doc.add(f"- {text} ({_ago(event.time, as_of)})", time=event.time, parents=(section,))
 
     def _reference_list(self, doc: _Doc, events: Sequence[s.Event]) -> None:
@@ -434,10 +435,10 @@ class Serializer:
                 continue
             text = _tidy_case(description)
             if event.numeric_value is not None:
-                unit = f" ({event.unit})" if event.unit else ""
+                unit = f" ({one_line(event.unit, 64)})" if event.unit else ""
                 text = f"{text}{unit}: {_two_decimals(event.numeric_value)}"
             elif event.text_value and self.vocabulary.domain(code) != s.Domain.VISIT:
-                text = f"{text}: {event.text_value}"
+                text = f"{text}: {one_line(event.text_value)}"
             rows.append((event.time or _UNDATED, text))
         for when, text in sorted(rows, key=lambda r: (-_ts(r[0]), r[1])):
             doc.add(text, time=when)
@@ -609,6 +610,6 @@ def _format_value(code: str, event: s.Event) -> str:
     assert event.numeric_value is not None
     text = _format_number(event.numeric_value)
     if event.unit:
-        text = f"{text} {event.unit}"
+        text = f"{text} {one_line(event.unit, 64)}"
     label = flag(code, event.numeric_value, event.unit, event.ref_low, event.ref_high)
     return f"{text} ({label})" if label else text

@@ -3,10 +3,11 @@
 A MEDS folder keeps each subject in one shard. :func:`upsert_patients` writes the new patients'
 events as a new shard, rewrites the shards that held older versions of them without those rows,
 and merges ``codes.parquet``, ``subject_splits.parquet`` (new subjects get their stable hash split)
-and ``subject_source_ids.parquet``. Every file is first written beside its target (``*.tmp``),
-then a journal naming the renames is written and fsynced, then the renames happen and the journal
-is removed. A crash before the journal leaves the old dataset (stray ``*.tmp`` files are cleaned
-up later); a crash after it is finished by :func:`recover` (which ``MedsDataset.open`` runs), so a
+and ``subject_source_ids.parquet``. Past :data:`COMPACT_AT` shards, the smallest are merged into
+one (:func:`compact_shards`), so many small upserts do not slow every later read. Every file is
+first written beside its target (``*.tmp``), then a journal naming the renames is written and
+fsynced, then the renames happen and the journal is removed. A crash before the journal leaves
+the old dataset (stray ``*.tmp`` files are removed the next time it is opened); a crash after it is finished by :func:`recover` (which ``MedsDataset.open`` runs), so a
 reader never sees a patient twice or half-replaced after a crash. Writers are serialised with a
 lock file; in-process readers should hold the caller's own read lock while a write runs.
 """
@@ -34,6 +35,10 @@ JOURNAL = ".ehrembed-upsert.json"
 LOCK = ".ehrembed-upsert.lock"
 GATE = ".ehrembed-upsert.gate"
 _TMP = ".tmp"
+COMPACT_AT = 16
+"""Shards an upsert-heavy dataset may reach before the smallest are merged (each upsert adds one)."""
+COMPACT_ROWS = 2_000_000
+"""At most this many event rows are merged at once (bounds the memory compaction needs)."""
 
 
 @dataclass
@@ -155,7 +160,7 @@ def upsert_patients(
             if keep.is_empty():
                 deletes.append(relative)
             else:
-                _write_tmp(root, relative, conform_events(keep), s.DATA_SCHEMA, plan)
+                _write_tmp(root, relative, conform_events(keep, check_ranges=False), s.DATA_SCHEMA, plan)
         _write_tmp(root, f"{s.DATA_DIR}/{_next_shard(dataset)}.parquet", events, s.DATA_SCHEMA, plan)
 
         old_codes = dataset.codes()
@@ -181,10 +186,43 @@ def upsert_patients(
 
         atomic_write_text(root / JOURNAL, json.dumps({"renames": plan, "deletes": deletes}))
         recover(root)
+        compact_shards(MedsDataset(root))
     report.replaced = sorted(replaced)
     report.added = [int(i) for i in subjects.to_list() if int(i) not in replaced]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def compact_shards(dataset: MedsDataset, *, max_shards: int = COMPACT_AT, max_rows: int = COMPACT_ROWS) -> bool:
+    """Merge the smallest shards into one when there are more than ``max_shards`` (every upsert adds one).
+
+    Takes the smallest shards while their rows add up to at most ``max_rows`` (at least two), writes
+    them as one new shard and deletes them through the same journal as an upsert, so a crash at any
+    step leaves either the old shards or the merged one. Call under :func:`write_lock` (an upsert
+    does). Returns whether it merged anything.
+    """
+    root = dataset.root
+    shards = dataset.shards
+    if len(shards) <= max_shards:
+        return False
+    sized = sorted(shards, key=lambda p: pq.ParquetFile(p).metadata.num_rows)
+    chosen: list[Path] = []
+    rows = 0
+    for shard in sized:
+        n = pq.ParquetFile(shard).metadata.num_rows
+        if len(chosen) >= 2 and rows + n > max_rows:
+            break
+        chosen.append(shard)
+        rows += n
+    if len(chosen) < 2:
+        return False
+    merged = conform_events(pl.concat([pl.read_parquet(p) for p in chosen]), check_ranges=False)
+    plan: list[list[str]] = []
+    _write_tmp(root, f"{s.DATA_DIR}/{_next_shard(dataset)}.parquet", merged, s.DATA_SCHEMA, plan)
+    deletes = [str(p.relative_to(root)) for p in chosen]
+    atomic_write_text(root / JOURNAL, json.dumps({"renames": plan, "deletes": deletes}))
+    recover(root)
+    return True
 
 
 def events_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

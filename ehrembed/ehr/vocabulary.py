@@ -18,6 +18,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.text import one_line
 
 Source = Literal["metadata", "package", "raw"]
 
@@ -124,15 +125,15 @@ class Vocabulary:
         return cls.from_codes(dataset.codes(), use_packages=use_packages)
 
     def lookup(self, code: str) -> tuple[str | None, Source]:
-        """(description or None, where it came from)."""
+        """(description or None, where it came from); descriptions are neutralised (:func:`one_line`)."""
         cached = self._cache.get(code)
         if cached is not None:
             return cached
         hit: tuple[str | None, Source]
         if code in self.descriptions:
-            hit = (self.descriptions[code], "metadata")
+            hit = (one_line(self.descriptions[code]), "metadata")
         elif self.use_packages and (found := package_description(code)) is not None:
-            hit = (found, "package")
+            hit = (one_line(found), "package")
         else:
             hit = (None, "raw")
         self._cache[code] = hit
@@ -143,7 +144,7 @@ class Vocabulary:
 
     def label(self, code: str) -> str:
         """The description, else the raw code: always something to show."""
-        return self.describe(code) or code
+        return self.describe(code) or one_line(code)
 
     def domain(self, code: str) -> s.Domain:
         """The dataset's domain for the code, else one implied by its vocabulary prefix (memoised)."""

@@ -230,7 +230,7 @@ def embed_records(
     if progress is not None:
         progress(done, total)
     if not keys:
-        raise EncoderError(f"no records to embed in {dataset.root} (skipped: {report.skipped or 'none'})")
+        raise EncoderError(f"no records to embed in dataset {dataset.name} (skipped: {report.skipped or 'none'})")
     missing_subjects = total - done
     if missing_subjects > 0:
         report.skipped["unknown subject"] = missing_subjects

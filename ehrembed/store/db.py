@@ -11,6 +11,8 @@ readable after it ends.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -85,6 +87,7 @@ def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
             path = Path(parsed.database).expanduser()
             parsed = parsed.set(database=str(path))
             path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(path)
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     try:
         engine = create_engine(parsed, connect_args=connect_args, **engine_kwargs)
@@ -95,6 +98,19 @@ def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _set_sqlite_pragmas)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file (and its WAL / shared-memory files, which SQLite gives the same mode) as 0600.
+
+    The store holds key hashes and the audit trail: no other local user may read it. An existing
+    file we own is tightened; one we do not own is left as its owner set it.
+    """
+    if not path.exists():
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        return
+    with contextlib.suppress(PermissionError):
+        os.chmod(path, 0o600)
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"

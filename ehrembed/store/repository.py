@@ -54,6 +54,7 @@ __all__ = [
     "create_api_key",
     "delete_artifact",
     "delete_dataset",
+    "finish_audit",
     "get_api_key",
     "get_artifact",
     "get_dataset",
@@ -542,6 +543,14 @@ def audit(
     session.add(row)
     session.flush()
     return row
+
+
+def finish_audit(session: Session, row_id: int, status_code: int) -> None:
+    """Set the outcome of a row written before its request finished (see ``audit(..., status_code=102)``)."""
+    row = session.get(AuditLog, row_id)
+    if row is not None:
+        row.status_code = int(status_code)
+        session.flush()
 
 
 def list_audit(

@@ -100,3 +100,57 @@ def test_crash_during_the_renames_is_finished_on_open(dataset: MedsDataset, monk
     assert not (ds.root / up.JOURNAL).exists()
     _consistent(ds)
     assert [e.code for e in ds.patient(target).events][-1] == "ICD10CM/I48.91"
+
+
+def test_out_of_range_values_are_refused_before_anything_is_written(dataset: MedsDataset) -> None:
+    before = sha256_file(dataset.root)
+    far = pl.DataFrame(
+        {s.SUBJECT_ID: [1], s.TIME: [dt.datetime(9999, 12, 31)], s.CODE: ["X/1"]},
+        schema_overrides={s.TIME: pl.Datetime("us")},
+    ).with_columns(pl.col(s.TIME).dt.offset_by("1d"))  # year 10000: polars holds it, Python cannot
+    with pytest.raises(MedsError, match=r"row 0 time \+10000-01-01.* is outside 1800-01-01"):
+        up.upsert_patients(dataset, far)
+    with pytest.raises(MedsError, match=r"numeric_value .* not a finite float32"):
+        up.upsert_patients(dataset, _events(5, "X/1").with_columns(pl.lit(1e39).alias(s.NUMERIC_VALUE)))
+    with pytest.raises(MedsError, match="subject_id -3 is negative"):
+        up.upsert_patients(dataset, _events(-3, "X/1"))
+    assert sha256_file(dataset.root) == before
+
+
+def test_many_upserts_are_compacted_into_few_shards(dataset: MedsDataset) -> None:
+    start = len(dataset.shards)
+    for i in range(up.COMPACT_AT + 4):
+        up.upsert_patients(dataset, _events(20_000 + i, "ICD10CM/I10"))
+    ds = MedsDataset.open(dataset.root)
+    assert len(ds.shards) <= up.COMPACT_AT < start + up.COMPACT_AT + 4
+    owners = _consistent(ds)
+    assert owners.height == 30 + up.COMPACT_AT + 4
+    assert [e.code for e in ds.patient(20_003).events][-1] == "ICD10CM/I10"
+
+
+def test_a_crash_during_compaction_is_finished_on_open(dataset: MedsDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(5):
+        up.upsert_patients(dataset, _events(30_000 + i, "ICD10CM/I10"))
+    before = _consistent(MedsDataset.open(dataset.root)).sort(s.SUBJECT_ID)
+    n = len(dataset.shards)
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(up.os, "unlink", boom, raising=False)
+    monkeypatch.setattr(Path, "unlink", boom)  # the renames are done, the deletes of the merged shards are not
+    with pytest.raises(OSError, match="power cut"):
+        up.compact_shards(dataset, max_shards=2)
+    monkeypatch.undo()
+    assert (dataset.root / up.JOURNAL).exists()
+    ds = MedsDataset.open(dataset.root)  # replays the journal: the merged shard stays, the small ones go
+    assert not (ds.root / up.JOURNAL).exists()
+    assert len(ds.shards) < n
+    assert _consistent(ds).sort(s.SUBJECT_ID).equals(before)
+
+
+def test_stray_temp_files_are_removed_on_open(dataset: MedsDataset) -> None:
+    (dataset.root / "data" / "99.parquet.tmp").write_bytes(b"")
+    (dataset.root / "metadata" / "codes.parquet.tmp").write_bytes(b"")
+    ds = MedsDataset.open(dataset.root)
+    assert not list(ds.root.rglob("*.tmp"))

@@ -10,12 +10,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ehrembed.api.deps import ReadKey, StateDep, audit, require_subjects, resolve_task
+from ehrembed.api.deps import AUDITED, ReadKey, StateDep, audit, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
-from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut
+from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut, QueryInt
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.encoders.job import EmbedConfig, embed_records
-from ehrembed.schema import normalize_time
 from ehrembed.store.repository import list_artifacts
 from ehrembed.store.tables import ArtifactKind
 
@@ -24,12 +23,10 @@ router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
 MEDIA = {"parquet": "application/vnd.apache.parquet", "npy": "application/octet-stream", "csv": "text/csv"}
 
 
-@router.post("", response_model=EmbeddingsOut)
+@router.post("", response_model=EmbeddingsOut, openapi_extra=AUDITED)
 def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) -> EmbeddingsOut:
     """Vectors of stored subjects' records (as of a time) or of inline record texts, with the named encoder."""
-    if body.subject_ids is not None:
-        assert body.dataset is not None
-        audit(request, body.dataset, body.subject_ids)  # first, so a request refused below is audited too
+    audit(request, body.dataset, body.subject_ids or [])  # first, so a request refused below names them too
     encoder = state.encoder(body.encoder)
     config = EmbedConfig(question=resolve_task(state, body.task).question if body.task is not None else None)
     if body.records is not None:
@@ -38,7 +35,7 @@ def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) 
         return EmbeddingsOut(encoder=body.encoder, dim=encoder.spec.dim, rows=rows)
     assert body.dataset is not None and body.subject_ids is not None
     handle = state.dataset(body.dataset)
-    as_of = normalize_time(body.as_of) if body.as_of is not None else None
+    as_of = body.as_of
     with handle.lock.read():
         require_subjects(handle, body.subject_ids, "subject_ids")
         embeddings, report = embed_records(handle.dataset, encoder, config, subject_ids=body.subject_ids, as_of=as_of)
@@ -56,6 +53,7 @@ def embed(body: EmbeddingsIn, state: StateDep, request: Request, _key: ReadKey) 
     "/export",
     response_class=FileResponse,
     response_model=None,
+    openapi_extra=AUDITED,
     responses={
         200: {"content": {"application/vnd.apache.parquet": {}, "application/octet-stream": {}, "text/csv": {}}}
     },
@@ -67,21 +65,25 @@ def export(
     dataset: Annotated[str, Query(min_length=1, max_length=200)],
     encoder: Annotated[str, Query(min_length=1, max_length=200, description="Embedding set name or encoder name")],
     format: Annotated[Literal["parquet", "npy", "csv"], Query()] = "parquet",
-    offset: Annotated[int, Query(ge=0, description="First row to export")] = 0,
-    limit: Annotated[int | None, Query(ge=1, description="Rows to export from offset (default: all)")] = None,
+    offset: Annotated[QueryInt, Query(ge=0, description="First row to export")] = 0,
+    limit: Annotated[QueryInt | None, Query(ge=1, description="Rows to export from offset (default: all)")] = None,
 ) -> StreamingResponse | FileResponse:
     """The newest embedding set recorded for a dataset and encoder, as Parquet, NumPy or CSV.
+
+    ``encoder`` matches the set's recorded name, its model's name, or the encoder name it was
+    embedded with (``ehrembed embed DIR --encoder student`` → ``encoder=student``).
 
     ``offset`` and ``limit`` export one page of rows, so a large set can be fetched in parts;
     ``X-Total-Rows`` gives the set's size and ``X-Rows`` the page's.
     """
+    audit(request, dataset, [])
     state.dataset(dataset)
     with state.session() as session:
         artifacts = list_artifacts(session, ArtifactKind.EMBEDDINGS, dataset=dataset)
         matches = [
             a.path
             for a in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True)
-            if encoder in (a.name, (a.spec or {}).get("name")) and Path(a.path).exists()
+            if encoder in (a.name, (a.spec or {}).get("name"), (a.spec or {}).get("encoder")) and Path(a.path).exists()
         ]
     if not matches:
         raise ApiError(404, f"no embeddings of dataset {dataset} by encoder {encoder!r} are recorded", "encoder")

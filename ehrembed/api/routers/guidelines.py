@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from ehrembed.api.deps import ReadKey, StateDep
 from ehrembed.api.errors import ApiError
-from ehrembed.api.schemas import GuidelineSearchOut, PassageOut
+from ehrembed.api.schemas import GuidelineSearchOut, PassageOut, QueryInt
 
 router = APIRouter(prefix="/v1/guidelines", tags=["guidelines"])
 
@@ -18,7 +18,7 @@ def search(
     state: StateDep,
     _key: ReadKey,
     q: Annotated[str, Query(min_length=1, max_length=2000, description="A clinical question")],
-    k: Annotated[int, Query(ge=1, le=50)] = 5,
+    k: Annotated[QueryInt, Query(ge=1, le=50)] = 5,
 ) -> GuidelineSearchOut:
     """The k best guideline passages for a question."""
     if state.kb is None:

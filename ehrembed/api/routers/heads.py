@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit, require_subjects, resolve_task
+from ehrembed.api.deps import AUDITED, ReadKey, StateDep, WriteKey, audit, audit_write, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
 from ehrembed.predict.features import FUSION_PREFIX
@@ -14,7 +14,7 @@ from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
 from ehrembed.predict.job import case_cohort_keys, restrict
 from ehrembed.predict.labelers import label_dataset
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
-from ehrembed.schema import Label, normalize_time
+from ehrembed.schema import Label
 from ehrembed.store.catalog import record_artifact
 
 router = APIRouter(prefix="/v1/heads", tags=["heads"])
@@ -35,9 +35,10 @@ def _head_out(fitted: FittedHead) -> HeadOut:
     )
 
 
-@router.post("", response_model=HeadOut, status_code=201)
+@router.post("", response_model=HeadOut, status_code=201, openapi_extra=AUDITED)
 def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> HeadOut:
     """Fit a head on a task's labels (a stable sample of ``max_examples``) or on inline labelled examples."""
+    audit(request, body.dataset, sorted({e.subject_id for e in body.examples or []}))
     handle = state.dataset(body.dataset)
     fusion = body.encoder.startswith(FUSION_PREFIX)
     encoder = state.encoder(body.encoder.removeprefix(FUSION_PREFIX))
@@ -52,8 +53,8 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
         else:
             assert body.examples is not None
             require_subjects(handle, [e.subject_id for e in body.examples], "examples")
-            examples = [Label(e.subject_id, normalize_time(e.prediction_time), e.label) for e in body.examples]
-        audit(request, body.dataset, sorted({e.subject_id for e in examples}))
+            examples = [Label(e.subject_id, e.prediction_time, e.label) for e in body.examples]
+        audit_write(request, state, body.dataset, sorted({e.subject_id for e in examples}))
         fitted = fit_head(
             handle.dataset,
             encoder,
@@ -77,7 +78,7 @@ def show(head_id: Annotated[str, Path(min_length=1, max_length=64)], state: Stat
     return _head_out(state.head(head_id))
 
 
-@router.post("/{head_id}/predict", response_model=PredictOut)
+@router.post("/{head_id}/predict", response_model=PredictOut, openapi_extra=AUDITED)
 def predict(
     head_id: Annotated[str, Path(min_length=1, max_length=64)],
     body: PredictIn,
@@ -87,7 +88,9 @@ def predict(
 ) -> PredictOut:
     """Probabilities for stored subjects or inline records, with the most similar labelled examples
     and relevant guideline passages as evidence."""
+    audit(request, None, body.subject_ids or [])
     fitted = state.head(head_id)
+    audit(request, fitted.card["dataset"], body.subject_ids or [])
     encoder = state.encoder_for(fitted.spec)
     if encoder is None:
         raise ApiError(409, f"the encoder of head {head_id} ({fitted.spec.name}) is not available here", "head_id")
@@ -106,11 +109,10 @@ def predict(
     else:
         assert body.subject_ids is not None
         dataset = fitted.card["dataset"]
-        audit(request, dataset, body.subject_ids)
         handle = state.dataset(dataset)
         with handle.lock.read():
             require_subjects(handle, body.subject_ids, "subject_ids")
-            as_of = normalize_time(body.as_of) if body.as_of is not None else None
+            as_of = body.as_of
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
             )

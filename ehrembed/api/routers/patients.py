@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 import numpy as np
@@ -10,22 +9,22 @@ import polars as pl
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from ehrembed.api.deps import ReadKey, StateDep, WriteKey, audit
+from ehrembed.api.deps import AUDITED, ReadKey, StateDep, WriteKey, audit, audit_write
 from ehrembed.api.errors import ApiError
-from ehrembed.api.schemas import FiltersIn, PatientsIn, RecordOut, SimilarIn, SimilarOut, UpsertOut
+from ehrembed.api.schemas import FiltersIn, PatientsIn, QueryInt, RecordOut, SimilarIn, SimilarOut, Time, UpsertOut
 from ehrembed.ehr.serialize import Serializer
 from ehrembed.ehr.upsert import bundle_frames, events_frame
 from ehrembed.retrieval.similar import SimilarFilters, SimilarResult
-from ehrembed.schema import normalize_time
+from ehrembed.schema import MAX_SUBJECT_ID
 
 router = APIRouter(prefix="/v1", tags=["patients"])
 
-SubjectId = Annotated[int, Path(ge=0, le=2**62, description="subject_id in the dataset")]
+SubjectId = Annotated[int, Path(ge=0, le=MAX_SUBJECT_ID, description="subject_id in the dataset")]
 DatasetQuery = Annotated[str, Query(min_length=1, max_length=200, description="Dataset name (see GET /readyz)")]
-AsOf = Annotated[dt.datetime | None, Query(description="ISO time; default: the subject's latest record")]
+AsOf = Annotated[Time | None, Query(description="ISO time; default: the subject's latest record")]
 
 
-@router.post("/datasets/{dataset}/patients", response_model=UpsertOut)
+@router.post("/datasets/{dataset}/patients", response_model=UpsertOut, openapi_extra=AUDITED)
 def upsert_patients(
     dataset: Annotated[str, Path(min_length=1, max_length=200)],
     body: PatientsIn,
@@ -34,6 +33,7 @@ def upsert_patients(
     _key: WriteKey,
 ) -> UpsertOut:
     """Add patients, or replace them wholesale: from MEDS events, or from a FHIR R4 Bundle."""
+    audit(request, dataset, [])
     state.dataset(dataset)  # 404 before any work
     if body.events is not None:
         events = events_frame([e.model_dump() for e in body.events])
@@ -42,7 +42,7 @@ def upsert_patients(
     else:
         assert body.bundle is not None
         events, codes, source_ids = bundle_frames(body.bundle)
-    audit(request, dataset, events.get_column("subject_id").unique().to_list())
+    audit_write(request, state, dataset, events.get_column("subject_id").unique().sort().to_list())
     report = state.upsert(dataset, events, codes, source_ids)
     return UpsertOut(dataset=dataset, **report.as_dict())
 
@@ -71,7 +71,7 @@ def _similar_out(dataset: str, result: SimilarResult) -> JSONResponse:
     )
 
 
-@router.get("/patients/{subject_id}/record", response_model=RecordOut)
+@router.get("/patients/{subject_id}/record", response_model=RecordOut, openapi_extra=AUDITED)
 def record(
     subject_id: SubjectId, dataset: DatasetQuery, state: StateDep, request: Request, _key: ReadKey, as_of: AsOf = None
 ) -> RecordOut:
@@ -83,21 +83,21 @@ def record(
             patient = handle.dataset.patient(subject_id)
         except KeyError:
             raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
-        when = normalize_time(as_of) if as_of is not None else patient.last_time
+        when = as_of if as_of is not None else patient.last_time
         if when is None:
             raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
         text = Serializer(handle.vocabulary).serialize(patient, as_of=when)
     return RecordOut(dataset=dataset, subject_id=subject_id, as_of=when, record=text)
 
 
-@router.get("/patients/{subject_id}/similar", response_model=SimilarOut)
+@router.get("/patients/{subject_id}/similar", response_model=SimilarOut, openapi_extra=AUDITED)
 def similar_to_subject(
     subject_id: SubjectId,
     dataset: DatasetQuery,
     state: StateDep,
     request: Request,
     _key: ReadKey,
-    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    k: Annotated[QueryInt, Query(ge=1, le=100)] = 10,
     as_of: AsOf = None,
     split: Annotated[list[str] | None, Query(max_length=3)] = None,
     sex: Annotated[str | None, Query(max_length=8)] = None,
@@ -117,14 +117,15 @@ def similar_to_subject(
     with handle.lock.read():
         if similar.attributes.positions(np.asarray([subject_id], dtype=np.int64))[0] < 0:
             raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id")
-        result = similar.by_subject(subject_id, as_of=normalize_time(as_of) if as_of else None, k=k, filters=filters)
+        result = similar.by_subject(subject_id, as_of=as_of, k=k, filters=filters)
     request.state.audit = (dataset, [subject_id, *(n.subject_id for n in result.neighbors)])
     return _similar_out(dataset, result)
 
 
-@router.post("/similar", response_model=SimilarOut)
+@router.post("/similar", response_model=SimilarOut, openapi_extra=AUDITED)
 def similar_to_record(body: SimilarIn, state: StateDep, request: Request, _key: ReadKey) -> JSONResponse:
     """The k patients most similar to an inline record text (embedded with the index's encoder)."""
+    audit(request, body.dataset, [])
     handle = state.dataset(body.dataset)
     similar = handle.similar
     if similar is None:
