@@ -13,7 +13,7 @@ from ehrembed.cli import app
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.encoders.instructions import instruction_for
 from ehrembed.predict.tasks import resolve_tasks
-from ehrembed.store.db import make_engine, session_scope
+from ehrembed.store.db import create_all, make_engine, session_scope
 from ehrembed.store.repository import list_artifacts
 
 runner = CliRunner()
@@ -119,3 +119,22 @@ def test_embed_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not found" in result.stderr
     result = runner.invoke(app, ["distill", str(data), "--teacher-embeddings", str(tmp_path / "nope"), "--out", "x"])
     assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_embed_links_its_set_to_the_name_the_store_knows_the_folder_by(tmp_path: Path, tiny_student_dir: Path) -> None:
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.synth import SynthConfig, generate_cohort
+    from ehrembed.store.catalog import register_meds
+
+    data = tmp_path / "meds"
+    generate_cohort(SynthConfig(n_subjects=12, seed=2), data)
+    engine = make_engine()
+    create_all(engine)
+    with session_scope(engine) as session:  # served under another name than the folder's own
+        register_meds(session, MedsDataset.open(data), "synth", name="ward7")
+    _ok(["embed", str(data), "--encoder", str(tiny_student_dir), "--out", str(tmp_path / "s.parquet")])
+    with session_scope(engine) as session:
+        [artifact] = [a for a in list_artifacts(session, "embeddings") if a.name == "s.parquet"]
+        assert artifact.dataset is not None and artifact.dataset.name == "ward7"
+        assert artifact.spec["encoder"] == str(tiny_student_dir)  # what export's `encoder=` matches
+    engine.dispose()

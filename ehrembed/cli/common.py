@@ -119,14 +119,17 @@ def register_dataset(dataset_path: Path, source: str) -> None:
     engine.dispose()
 
 
-def record_artifact(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str | None) -> None:
+def record_artifact(
+    kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str | None, dataset_root: Path | None = None
+) -> None:
+    """Record an output in the store, linked to the dataset registered for ``dataset_root`` (else ``dataset``)."""
     from ehrembed.store.catalog import record_artifact
     from ehrembed.store.db import create_all, make_engine, session_scope
 
     engine = make_engine()
     create_all(engine)
     with session_scope(engine) as session:
-        record_artifact(session, kind, name, path, spec, dataset)
+        record_artifact(session, kind, name, path, spec, dataset, dataset_root)
     engine.dispose()
 
 

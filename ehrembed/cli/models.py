@@ -140,7 +140,7 @@ def embed_cmd(
                 )
         written = EmbeddingSet.load(out)
         # "encoder" is the name the user gave (``student``), which the export endpoint matches on too.
-        record_artifact("embeddings", out.name, out, {**written.spec.to_dict(), "encoder": encoder}, ds.name)
+        record_artifact("embeddings", out.name, out, {**written.spec.to_dict(), "encoder": encoder}, ds.name, ds.root)
     data = report.as_dict()
     if as_json:
         print_json(data)
@@ -258,7 +258,9 @@ def distill_cmd(
         )
         with rich_progress() as progress:
             result = distill_dataset(ds, teacher, out, config, progress=progress, resume=resume, overwrite=overwrite)
-        record_artifact("model", out.name, out, {"teacher": teacher.spec.to_dict(), "rows": result.rows}, ds.name)
+        record_artifact(
+            "model", out.name, out, {"teacher": teacher.spec.to_dict(), "rows": result.rows}, ds.name, ds.root
+        )
     summary = {
         "model": str(out),
         "rows": result.rows,

@@ -75,7 +75,9 @@ def index_cmd(
             "encoder": sets[0].spec.to_dict(),
             "embeddings": [str(path.resolve()) for path in embeddings],
         }
-        record_artifact("index", target.name, target, {**spec, "params": report.params, "rows": report.rows}, ds.name)
+        record_artifact(
+            "index", target.name, target, {**spec, "params": report.params, "rows": report.rows}, ds.name, ds.root
+        )
     data = {**report.as_dict(), "subjects_not_in_dataset": unknown}
     if as_json:
         print_json(data)

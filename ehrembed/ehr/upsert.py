@@ -7,9 +7,10 @@ and ``subject_source_ids.parquet``. Past :data:`COMPACT_AT` shards, the smallest
 one (:func:`compact_shards`), so many small upserts do not slow every later read. Every file is
 first written beside its target (``*.tmp``), then a journal naming the renames is written and
 fsynced, then the renames happen and the journal is removed. A crash before the journal leaves
-the old dataset (stray ``*.tmp`` files are removed the next time it is opened); a crash after it is finished by :func:`recover` (which ``MedsDataset.open`` runs), so a
-reader never sees a patient twice or half-replaced after a crash. Writers are serialised with a
-lock file; in-process readers should hold the caller's own read lock while a write runs.
+the old dataset (stray ``*.tmp`` files are removed the next time it is opened); a crash after it
+is finished by :func:`recover` (which ``MedsDataset.open`` runs), so a reader never sees a patient
+twice or half-replaced after a crash. Writers are serialised with a lock file; in-process readers
+should hold the caller's own read lock while a write runs.
 """
 
 from __future__ import annotations

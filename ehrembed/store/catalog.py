@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ehrembed import schema as s
@@ -41,9 +42,25 @@ def register_meds(
 
 
 def record_artifact(
-    session: Session, kind: ArtifactKind | str, name: str, path: Path, spec: dict[str, Any], dataset: str | None
+    session: Session,
+    kind: ArtifactKind | str,
+    name: str,
+    path: Path,
+    spec: dict[str, Any],
+    dataset: str | None,
+    dataset_root: Path | None = None,
 ) -> Artifact:
-    """Register an output (embeddings, model, index...) with its checksum, linked to its dataset if known."""
+    """Register an output (embeddings, model, index...) with its checksum, linked to its dataset if known.
+
+    With ``dataset_root``, the dataset registered for that folder is the one linked, whatever name
+    it was registered under (``ehrembed embed DIR`` then links to the name the service knows DIR by);
+    ``dataset`` wins if the folder is registered under it too.
+    """
+    if dataset_root is not None:
+        root = str(Path(dataset_root).resolve())
+        names = list(session.scalars(select(Dataset.name).where(Dataset.path == root).order_by(Dataset.id.desc())))
+        if names and dataset not in names:
+            dataset = names[0]  # the newest registration of the folder
     try:
         return register_artifact(session, kind, name, path.resolve(), spec=spec, dataset=dataset)
     except NotFoundError:  # the dataset was never registered here: keep the artifact unlinked
