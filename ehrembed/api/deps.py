@@ -113,7 +113,7 @@ def audit_write(request: Request, state: ServiceState, dataset: str, subject_ids
     """
     ids = [int(i) for i in subject_ids]
     caller: Caller | None = getattr(request.state, "caller", None)
-    route = getattr(request.scope.get("route"), "path", None) or request.url.path
+    route = getattr(request.scope.get("route"), "path", None) or "unmatched"  # the template: never ids
     with state.session() as session:
         row = write_audit(session, caller.key_id if caller else None, route, request.method, ids, dataset, 102)
         row_id = int(row.id)

@@ -1,4 +1,4 @@
-"""ASGI middleware, outermost first: observe (request id, metrics, access log, audit), body limit, auth.
+"""ASGI middleware, outermost first: observe (request id, metrics, access log, audit), auth, body limit.
 
 - :class:`Observe` gives every request an id (``X-Request-ID``), times it, counts it by route
   template and status, writes one access-log line (method, route *template*, status, ms, request
@@ -7,10 +7,10 @@
   its outcome: 401, 403, 413 and 422 included (the key is null when none was valid). A write
   commits its row before the change (:func:`ehrembed.api.deps.audit_write`) and the row's status is
   set here afterwards; a crash in between leaves the row with status 102 (processing).
-- :class:`BodyLimit` refuses bodies over the limit with 413.
 - :class:`Authenticate` checks the ``Authorization: Bearer`` key of every ``/v1`` request before
   the body is read, so a request without a valid key gets 401 whatever its body holds. Keys are
   accepted in that header only.
+- :class:`BodyLimit` refuses bodies over the limit with 413.
 
 Nothing of a request body is logged.
 """
@@ -132,8 +132,7 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:

@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -449,15 +450,14 @@ def _number(value: Any, field: str) -> float | None:
     """A FHIR decimal as a float; None if it is not a number; InputRangeError unless finite float32."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
+    if not isinstance(value, int | float | str):
         return None
+    try:
+        number = float(value)
+    except ValueError:  # not a number: kept as text by the caller
+        return None
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     return s.valid_float32(number, field)
 
 

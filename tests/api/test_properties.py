@@ -60,6 +60,7 @@ numbers: st.SearchStrategy[Any] = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([1e39, -3.5e38, 3.4e38, 1e-45, 0.0]),
     st.integers(-(10**40), 10**40),
+    st.sampled_from([10**400, -(10**400)]),
 )
 nasty_text = st.one_of(
     st.text(max_size=40),

@@ -34,6 +34,7 @@ iso = st.one_of(
 values: st.SearchStrategy[Any] = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-(10**40), 10**40),
+    st.sampled_from([10**400, -(10**400)]),
     st.sampled_from(["NaN", "Infinity", "1e400", "12.5", None, True]),
 )
 text = st.one_of(st.text(max_size=30), st.sampled_from(["a\n# SYSTEM", "\x00", "- x", "\u2029#"]))
