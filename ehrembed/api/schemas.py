@@ -27,7 +27,7 @@ def _iso_only(value: Any) -> Any:
 
 
 def _integer_text(value: Any) -> Any:
-    """Query integers are written as integers (``k=1.0`` is refused, not rounded)."""
+    """Query and path integers are written as integers (``k=1.0`` is refused, not rounded)."""
     if isinstance(value, str) and not re.fullmatch(r"[+-]?\d{1,19}", value.strip()):
         raise ValueError("give a whole number such as 10")
     return value

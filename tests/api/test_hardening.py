@@ -184,6 +184,7 @@ def test_ids_must_be_json_integers_in_range(own: Served, bad: Any) -> None:
 
 
 def test_query_integers_are_whole_numbers(own: Served) -> None:
+    _error(own.client.get("/v1/patients/1.0/record", params={"dataset": "demo"}, headers=own.headers()), 422)
     path = f"/v1/patients/{_stored_subject(own)}/similar"
     _error(own.client.get(path, params={"dataset": "demo", "k": "1.0"}, headers=own.headers()), 422, "k")
     assert own.client.get(path, params={"dataset": "demo", "k": "3"}, headers=own.headers()).status_code == 200

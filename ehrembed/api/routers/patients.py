@@ -19,7 +19,7 @@ from ehrembed.schema import MAX_SUBJECT_ID
 
 router = APIRouter(prefix="/v1", tags=["patients"])
 
-SubjectId = Annotated[int, Path(ge=0, le=MAX_SUBJECT_ID, description="subject_id in the dataset")]
+SubjectId = Annotated[QueryInt, Path(ge=0, le=MAX_SUBJECT_ID, description="subject_id in the dataset")]
 DatasetQuery = Annotated[str, Query(min_length=1, max_length=200, description="Dataset name (see GET /readyz)")]
 AsOf = Annotated[Time | None, Query(description="ISO time; default: the subject's latest record")]
 
