@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check ehrembed tests bench
 	$(VENV)/bin/ruff format --check ehrembed tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py

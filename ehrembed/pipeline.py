@@ -40,7 +40,7 @@ from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.fsutil import atomic_write_text, sha256_file
 from ehrembed.store.catalog import record_artifact, register_meds
-from ehrembed.store.db import create_all, make_engine, session_scope
+from ehrembed.store.db import catalog
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -156,11 +156,8 @@ def _ingest(config: MainJobConfig, say: Say) -> MedsDataset:
 
 
 def _record(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str) -> None:
-    engine = make_engine()
-    create_all(engine)
-    with session_scope(engine) as session:
+    with catalog() as session:
         record_artifact(session, kind, name, path, spec, dataset)
-    engine.dispose()
 
 
 def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) -> Path:
@@ -258,11 +255,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     dataset = clock.run("ingest", lambda: _ingest(config, say))
 
     def register() -> None:
-        engine = make_engine()
-        create_all(engine)
-        with session_scope(engine) as session:
+        with catalog() as session:
             register_meds(session, dataset, "omop" if config.dataset is None else "meds")
-        engine.dispose()
 
     clock.run("register", register)
     vocabulary = Vocabulary.from_dataset(dataset)

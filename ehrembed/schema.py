@@ -31,6 +31,8 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+from ehrembed.errors import InputError
+
 # --- MEDS core columns -------------------------------------------------------------------------
 SUBJECT_ID = "subject_id"
 TIME = "time"
@@ -184,7 +186,7 @@ class Label:
     value: bool | float
 
 
-class InputRangeError(ValueError):
+class InputRangeError(InputError):
     """A time, number or id outside what ehrembed stores; the message names the field and the bounds."""
 
 

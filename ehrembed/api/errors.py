@@ -2,8 +2,8 @@
 
 ``{"error": {"status": 404, "field": "subject_id", "message": "subject 42 is not in dataset demo"}}``.
 Routers raise :class:`ApiError`; the handlers here also turn request validation errors and the
-library's input errors (all ``ValueError`` subclasses with messages written for people) into that
-shape, so no stack trace or internal detail reaches a client: input errors lose any server path
+library's error family (:mod:`ehrembed.errors`: input → 400, not found → 404, conflict → 409) into
+that shape, so no stack trace or internal detail reaches a client: input errors lose any server path
 (:func:`public_message`), and anything unexpected is a 500 that carries only a request id, while the
 log keeps the traceback under that id.
 """
@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ehrembed.store.errors import ConflictError, NotFoundError
+from ehrembed.errors import ConflictError, EhrembedError, NotFoundError
 
 log = logging.getLogger("ehrembed.api")
 
@@ -68,18 +68,12 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _json(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return _json(404, str(exc))
-
-    @app.exception_handler(ConflictError)
-    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
-        return _json(409, str(exc))
-
-    @app.exception_handler(ValueError)
-    async def _value(_request: Request, exc: ValueError) -> JSONResponse:
-        # The library's input errors (MedsError, TaskError, HeadError, VectorIndexError, ...).
-        return _json(400, public_message(str(exc)))
+    @app.exception_handler(EhrembedError)
+    async def _family(_request: Request, exc: EhrembedError) -> JSONResponse:
+        # The library's errors for people (MedsError, TaskError, HeadError, ...). Any other exception,
+        # a ValueError from numpy included, is a bug and goes to the 500 handler below.
+        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
+        return _json(status, public_message(str(exc)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -38,7 +38,7 @@ from ehrembed.settings import Settings
 from ehrembed.store.catalog import register_meds
 from ehrembed.store.db import create_all, make_engine, make_session_factory, session_scope
 from ehrembed.store.errors import NotFoundError
-from ehrembed.store.repository import get_artifact, list_artifacts, list_datasets
+from ehrembed.store.repository import current_artifact, get_artifact, list_artifacts, list_datasets
 from ehrembed.store.tables import ArtifactKind
 
 
@@ -205,11 +205,10 @@ class ServiceState:
 
     def _newest_index(self, name: str) -> Path | None:
         with self.session() as session:
-            artifacts = list_artifacts(session, ArtifactKind.INDEX, dataset=name)
-        for artifact in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True):
-            if Path(artifact.path, "index.faiss").is_file():
-                return Path(artifact.path)
-        return None
+            artifact = current_artifact(
+                session, ArtifactKind.INDEX, name, matches=lambda a: Path(a.path, "index.faiss").is_file()
+            )
+            return None if artifact is None else Path(artifact.path)
 
     def _similar(self, dataset: MedsDataset, vocabulary: Vocabulary, path: Path) -> SimilarPatients:
         index = VectorIndex.load(path)

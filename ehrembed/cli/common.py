@@ -26,6 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ehrembed.errors import EhrembedError
+
 app = typer.Typer(
     name="ehrembed",
     help="Structured patient records (OMOP CDM, FHIR R4, MEDS) to Markdown and vectors.",
@@ -72,18 +74,13 @@ def fail(message: str) -> NoReturn:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one-line messages and exit status 2."""
-    from ehrembed.ehr.meds import MedsError
-    from ehrembed.ehr.serialize import SerializeError
-    from ehrembed.store.errors import StoreError
+    """Turn the library's error family (and a file that exists or is missing) into one line and exit 2.
 
+    Anything else is a bug and propagates: :func:`ehrembed.cli.main` prints it as such.
+    """
     try:
         yield
-    except (MedsError, SerializeError, StoreError, FileExistsError, FileNotFoundError) as exc:
-        fail(str(exc))
-    except KeyError as exc:
-        fail(str(exc.args[0]) if exc.args else "not found")
-    except ValueError as exc:  # OmopError, FhirError and other input errors derive from ValueError
+    except (EhrembedError, FileExistsError, FileNotFoundError) as exc:
         fail(str(exc))
 
 
@@ -110,13 +107,10 @@ def register_dataset(dataset_path: Path, source: str) -> None:
     """Record the dataset in the store (SQLite under EHREMBED_HOME or EHREMBED_DATABASE_URL)."""
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.store.catalog import register_meds
-    from ehrembed.store.db import create_all, make_engine, session_scope
+    from ehrembed.store.db import catalog
 
-    engine = make_engine()
-    create_all(engine)
-    with session_scope(engine) as session:
+    with catalog() as session:
         register_meds(session, MedsDataset.open(dataset_path), source)
-    engine.dispose()
 
 
 def record_artifact(
@@ -124,13 +118,10 @@ def record_artifact(
 ) -> None:
     """Record an output in the store, linked to the dataset registered for ``dataset_root`` (else ``dataset``)."""
     from ehrembed.store.catalog import record_artifact
-    from ehrembed.store.db import create_all, make_engine, session_scope
+    from ehrembed.store.db import catalog
 
-    engine = make_engine()
-    create_all(engine)
-    with session_scope(engine) as session:
+    with catalog() as session:
         record_artifact(session, kind, name, path, spec, dataset, dataset_root)
-    engine.dispose()
 
 
 def parse_time(value: str | None, what: str) -> dt.datetime | None:

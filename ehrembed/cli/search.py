@@ -92,24 +92,13 @@ def index_cmd(
 
 def _recorded_index(dataset_name: str) -> Path:
     """The newest index recorded in the store for a dataset (whose folder still exists)."""
-    from ehrembed.store.db import create_all, make_engine, session_scope
-    from ehrembed.store.errors import NotFoundError
-    from ehrembed.store.repository import list_artifacts
+    from ehrembed.store.db import catalog
+    from ehrembed.store.repository import current_artifact
 
-    engine = make_engine()
-    create_all(engine)
-    try:
-        with session_scope(engine) as session:
-            try:
-                artifacts = list_artifacts(session, "index", dataset=dataset_name)
-            except NotFoundError:
-                artifacts = []
-            paths = [Path(a.path) for a in sorted(artifacts, key=lambda a: a.created_at, reverse=True)]
-    finally:
-        engine.dispose()
-    for path in paths:
-        if path.is_dir():
-            return path
+    with catalog() as session:
+        artifact = current_artifact(session, "index", dataset_name)
+        if artifact is not None:
+            return Path(artifact.path)
     fail(
         f"no index is recorded for dataset {dataset_name!r}; build one with "
         "`ehrembed index DIR --embeddings FILE` or pass --index PATH"

@@ -5,20 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy.engine import Engine
 
 from ehrembed.cli.common import JsonFlag, app, err_console, out_console, print_json, user_errors
 
 keys_app = typer.Typer(help="API keys: create (the secret is shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-
-
-def _engine() -> Engine:
-    from ehrembed.store.db import create_all, make_engine
-
-    engine = make_engine()
-    create_all(engine)
-    return engine
 
 
 @keys_app.command("create")
@@ -30,14 +21,12 @@ def keys_create_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; its secret is printed once and only its SHA-256 is stored."""
-    from ehrembed.store.db import session_scope
+    from ehrembed.store.db import catalog
     from ehrembed.store.repository import create_api_key
 
-    engine = _engine()
-    with user_errors(), session_scope(engine) as session:
+    with user_errors(), catalog() as session:
         key, secret = create_api_key(session, name, scope)
         data = {"id": key.id, "name": key.name, "scope": str(key.scope), "key": secret}
-    engine.dispose()
     if as_json:
         print_json(data)
         return
@@ -52,11 +41,10 @@ def keys_list_cmd(
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False, as_json: JsonFlag = False
 ) -> None:
     """API keys (never their secrets): id, name, scope, prefix, created, last used, revoked."""
-    from ehrembed.store.db import session_scope
+    from ehrembed.store.db import catalog
     from ehrembed.store.repository import list_api_keys
 
-    engine = _engine()
-    with session_scope(engine) as session:
+    with catalog() as session:
         rows = [
             {
                 "id": k.id,
@@ -69,7 +57,6 @@ def keys_list_cmd(
             }
             for k in list_api_keys(session, include_revoked=all_keys)
         ]
-    engine.dispose()
     if as_json:
         print_json(rows)
         return
@@ -81,14 +68,12 @@ def keys_list_cmd(
 @keys_app.command("revoke")
 def keys_revoke_cmd(key: Annotated[str, typer.Argument(help="Key id or name.")]) -> None:
     """Revoke a key (it stops working within 10 seconds on a running service)."""
-    from ehrembed.store.db import session_scope
+    from ehrembed.store.db import catalog
     from ehrembed.store.repository import revoke_api_key
 
-    engine = _engine()
-    with user_errors(), session_scope(engine) as session:
+    with user_errors(), catalog() as session:
         row = revoke_api_key(session, int(key) if key.isdigit() else key)
         out_console.print(f"revoked key {row.name!r} (id {row.id})")
-    engine.dispose()
 
 
 @app.command("serve")

@@ -7,22 +7,7 @@ versions. It is plain Markdown with a Hugging Face YAML header; nothing in it ne
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 from typing import Any
-
-PACKAGES = ("ehrembed", "torch", "transformers", "sentence-transformers", "peft", "numpy", "safetensors")
-
-
-def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    """Installed versions of the packages that shape a trained model (absent ones are skipped)."""
-    versions = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _fmt(value: Any) -> str:

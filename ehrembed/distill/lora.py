@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrembed.distill.card import package_versions
 from ehrembed.distill.losses.soft_label import LinearHead, soft_label_loss
 from ehrembed.encoders.base import Pooling
 from ehrembed.encoders.pooling import pool
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir
+from ehrembed.versions import package_versions
 
 HEAD_FILE = "task_head.json"
 CARD_FILE = "lora_tune.json"
@@ -51,7 +52,7 @@ LoraProgress = Callable[[int, int, float], None]
 """Called with (epoch, step, batch loss) after every optimizer step."""
 
 
-class LoraError(ValueError):
+class LoraError(InputError):
     """LoRA tuning cannot run as asked."""
 
 

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from ehrembed.errors import InputError
+
 DEFAULT_CHUNK = 1024
 
 
-class RetentionError(ValueError):
+class RetentionError(InputError):
     """The arrays cannot be compared as asked."""
 
 

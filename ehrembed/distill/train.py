@@ -53,13 +53,15 @@ import torch
 from torch import nn
 
 from ehrembed.distill import checkpoint as ckpt
-from ehrembed.distill.card import package_versions, render_model_card
+from ehrembed.distill.card import render_model_card
 from ehrembed.distill.losses.contrastive import info_nce_loss
 from ehrembed.distill.losses.embedding import mse_and_cosine
 from ehrembed.distill.losses.retention import base_retention_loss
 from ehrembed.distill.losses.soft_label import SoftLabelLoss
 from ehrembed.distill.retention import overlap_at_k
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir
+from ehrembed.versions import package_versions
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -75,7 +77,7 @@ RESUMABLE_FIELDS = frozenset(
 )
 
 
-class DistillError(ValueError):
+class DistillError(InputError):
     """Distillation cannot run as asked (bad inputs, dimension mismatch, nothing to resume)."""
 
 

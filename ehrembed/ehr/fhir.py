@@ -42,13 +42,14 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, conform_events, write_dataset
 from ehrembed.ehr.text import one_line
+from ehrembed.errors import InputError
 
 log = logging.getLogger(__name__)
 
 ETL_NAME = "ehrembed.ehr.fhir"
 
 
-class FhirError(ValueError):
+class FhirError(InputError):
     """The FHIR input is unusable as given; the message names the file (and line or entry)."""
 
 

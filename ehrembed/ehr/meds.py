@@ -23,14 +23,19 @@ from ehrembed import __version__
 from ehrembed import schema as s
 from ehrembed.ehr.splits import assign_splits
 from ehrembed.ehr.text import one_line
+from ehrembed.errors import InputError, NotFoundError
 from ehrembed.fsutil import atomic_dir, atomic_write_text
 
 MEDS_VERSION = "0.4.1"
 DEFAULT_SHARD_SUBJECTS = 20_000
 
 
-class MedsError(ValueError):
+class MedsError(InputError):
     """A MEDS folder or event table is malformed; the message names the file and the problem."""
+
+
+class SubjectNotFoundError(NotFoundError, KeyError):
+    """The subject is not in the dataset (also a ``KeyError``, as a missing key of a mapping is)."""
 
 
 @dataclass
@@ -326,7 +331,7 @@ class MedsDataset:
         """One patient's events; raises KeyError if the subject is not in the dataset."""
         frame = self.scan().filter(pl.col(s.SUBJECT_ID) == subject_id).collect()
         if frame.is_empty():
-            raise KeyError(f"subject {subject_id} is not in dataset {self.name}")
+            raise SubjectNotFoundError(f"subject {subject_id} is not in dataset {self.name}")
         return next(iter(patients_from_frame(frame)))
 
     def iter_patients(self, subject_ids: Iterable[int] | None = None) -> Iterator[s.Patient]:

@@ -23,11 +23,12 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, check_output, write_dataset
+from ehrembed.errors import InputError
 
 UNKNOWN_VISIT_CODE = "Visit/UNKNOWN"
 
 
-class OmopError(ValueError):
+class OmopError(InputError):
     """The OMOP source is unusable as given; the message names the table, column or row."""
 
 

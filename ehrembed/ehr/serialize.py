@@ -38,6 +38,7 @@ from ehrembed import schema as s
 from ehrembed.ehr.text import one_line
 from ehrembed.ehr.tokens import TokenCounter
 from ehrembed.ehr.vocabulary import Vocabulary
+from ehrembed.errors import InputError
 
 FORMAT_VERSION = 1
 Format = Literal["markdown", "list", "list_dated"]
@@ -48,7 +49,7 @@ MiniLM student a logistic-head AUROC of 0.877 at k=all against 0.743 for Markdow
 Markdown stays the layout for reading (``ehrembed serialize``, the record endpoint)."""
 
 
-class SerializeError(ValueError):
+class SerializeError(InputError):
     """The request cannot be serialized as asked (e.g. an as-of time before birth)."""
 
 

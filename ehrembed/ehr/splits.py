@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from ehrembed import schema as s
+from ehrembed.errors import InputError
 
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 DEFAULT_SALT = "ehrembed-v1"
@@ -30,7 +31,7 @@ def assign_splits(
 ) -> pl.DataFrame:
     """Frame of (subject_id, split) with train / tuning / held_out in the given proportions."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     ids = [int(i) for i in subject_ids]
     u = np.array([split_fraction(i, salt) for i in ids], dtype=np.float64)
     train_cut, tuning_cut = fractions[0], fractions[0] + fractions[1]

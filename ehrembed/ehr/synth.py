@@ -35,6 +35,7 @@ import simple_icd_10_cm as icd
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, append_shards, conform_events, finish_dataset
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir
 
 __all__ = ["SynthConfig", "generate_cohort", "synth_codes"]
@@ -69,13 +70,13 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.n_subjects < 1:
-            raise ValueError(f"n_subjects must be at least 1, got {self.n_subjects}")
+            raise InputError(f"n_subjects must be at least 1, got {self.n_subjects}")
         if self.shard_subjects < 1:
-            raise ValueError(f"shard_subjects must be at least 1, got {self.shard_subjects}")
+            raise InputError(f"shard_subjects must be at least 1, got {self.shard_subjects}")
         if (self.end - self.start).days < 30:
-            raise ValueError(f"observation window {self.start}..{self.end} must span at least 30 days")
+            raise InputError(f"observation window {self.start}..{self.end} must span at least 30 days")
         if self.disease_scale < 0 or self.visit_scale <= 0:
-            raise ValueError("disease_scale must be >= 0 and visit_scale > 0")
+            raise InputError("disease_scale must be >= 0 and visit_scale > 0")
 
     @property
     def window_days(self) -> float:

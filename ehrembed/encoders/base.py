@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ehrembed.errors import InputError
+
 Pooling = Literal["last", "mean", "cls"]
 EncoderKind = Literal["teacher", "student", "onnx"]
 
@@ -25,7 +27,7 @@ GTE_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:\n"
 """GTE-Qwen2 style: the task instruction, then the record after ``Query:``."""
 
 
-class EncoderError(ValueError):
+class EncoderError(InputError):
     """An encoder cannot be built or used as asked (missing model, bad input, dim mismatch)."""
 
 

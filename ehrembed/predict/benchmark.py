@@ -24,6 +24,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.encoders.embeddings import PREDICTION_TIME
+from ehrembed.errors import InputError
 from ehrembed.predict.compare import HeldOut, HeldOutPredictions, neighbour_lift
 from ehrembed.predict.features import Features
 from ehrembed.predict.fewshot import ALL, EHRSHOT_KS, KValue, replicate_orders, take_k
@@ -95,12 +96,12 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.replicates < 1:
-            raise ValueError(f"replicates must be at least 1, got {self.replicates}")
+            raise InputError(f"replicates must be at least 1, got {self.replicates}")
         unknown = [h for h in self.heads if h not in HEAD_NAMES]
         if unknown:
-            raise ValueError(f"unknown head {unknown[0]!r}; choose from {', '.join(HEAD_NAMES)}")
+            raise InputError(f"unknown head {unknown[0]!r}; choose from {', '.join(HEAD_NAMES)}")
         if not self.ks:
-            raise ValueError("no k values given")
+            raise InputError("no k values given")
 
 
 NEIGHBOUR_SCHEMA: dict[str, Any] = {
@@ -250,7 +251,7 @@ def _run_encoder(
                         "n_tuning": len(tune_rows),
                         "n_held_out": scores.n,
                         "n_held_out_positive": scores.n_positive,
-                        "params": json.dumps(model.params, sort_keys=True, default=str),
+                        "params": json.dumps(model.params_, sort_keys=True, default=str),
                         "fit_seconds": fit_seconds,
                     }
                 )

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
+from ehrembed.errors import InputError
 from ehrembed.predict.ontology import Ontology
 
 DEFAULT_BINS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.0, 365.0)
@@ -38,7 +39,7 @@ DEFAULT_CHUNK_ROWS = 4096
 """Prediction times per count-feature chunk: bounds the working memory whatever the labels per patient."""
 
 
-class FeatureError(ValueError):
+class FeatureError(InputError):
     """Features are missing for some labels, or cannot be built as asked."""
 
 

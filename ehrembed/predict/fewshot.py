@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ehrembed.errors import InputError
+
 ALL = "all"
 EHRSHOT_KS: tuple[int | str, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, ALL)
 KValue = int | str
@@ -29,9 +31,9 @@ def parse_ks(values: Sequence[str | int]) -> tuple[KValue, ...]:
         try:
             k = int(text)
         except ValueError:
-            raise ValueError(f"k must be a positive integer or 'all', got {value!r}") from None
+            raise InputError(f"k must be a positive integer or 'all', got {value!r}") from None
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise InputError(f"k must be at least 1, got {k}")
         out.append(k)
     numbers = sorted({k for k in out if isinstance(k, int)})
     return (*numbers, *((ALL,) if ALL in out else ()))

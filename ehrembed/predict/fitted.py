@@ -203,7 +203,7 @@ def fit_head(
         "n_examples": len(y),
         "n_positive": int(y.sum()),
         "n_train": int((~is_val).sum()),
-        "params": head.params,
+        "params": head.params_,
         "metrics": metrics,
         "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
     }

@@ -41,6 +41,7 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
+from ehrembed.errors import InputError
 from ehrembed.predict.benchmark import BenchmarkConfig, BenchmarkResult, EncoderFeatures, run_benchmark
 from ehrembed.predict.features import (
     FUSION_PREFIX,
@@ -92,16 +93,16 @@ def parse_encoder(text: str) -> EncoderChoice:
     """``count``, ``teacher``, ``student+guidelines``, ``/models/x``, ``NAME=SPEC``."""
     text = text.strip()
     if not text:
-        raise ValueError("an encoder name is empty")
+        raise InputError("an encoder name is empty")
     name, sep, spec = text.partition("=")
     if not sep:
         name, spec = text, text
     if not name or not spec:
-        raise ValueError(f"encoder {text!r} must be NAME=SPEC or SPEC")
+        raise InputError(f"encoder {text!r} must be NAME=SPEC or SPEC")
     if spec.startswith(FUSION_PREFIX):
         partner = spec.removeprefix(FUSION_PREFIX).strip()
         if not partner or partner == COUNT:
-            raise ValueError(
+            raise InputError(
                 f"encoder {text!r}: count+NAME needs NAME, another encoder of the run (e.g. count+student)"
             )
         return EncoderChoice(name=name, source=spec, fuse=partner)
@@ -363,7 +364,7 @@ def check_fusions(choices: Sequence[EncoderChoice]) -> None:
         partner = names.get(choice.fuse)
         if partner is None or partner.fuse is not None or partner.is_count:
             others = ", ".join(c.name for c in choices if c.fuse is None and not c.is_count) or "none"
-            raise ValueError(
+            raise InputError(
                 f"encoder {choice.name}: {choice.fuse!r} is not an encoder of this run (its encoders: {others})"
             )
 
@@ -418,7 +419,7 @@ def benchmark_dataset(
     choices = [parse_encoder(e) for e in config.encoders]
     names = [c.name for c in choices]
     if len(set(names)) != len(names):
-        raise ValueError(f"encoder names must be unique, got {names}")
+        raise InputError(f"encoder names must be unique, got {names}")
     check_fusions(choices)
     out = Path(out)
     timings: dict[str, float] = {}
@@ -507,8 +508,8 @@ def write_run_card(
     timings: dict[str, float],
 ) -> Path:
     """``run.json`` beside the report: the resolved config, tasks, inputs' fingerprints, versions, timings."""
-    from ehrembed.distill.card import package_versions
     from ehrembed.fsutil import atomic_write_text, sha256_file
+    from ehrembed.versions import package_versions
 
     card = {
         "config": dataclasses.asdict(config),

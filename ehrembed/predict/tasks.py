@@ -34,6 +34,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ehrembed.errors import InputError
+
 TASKS_DIR = Path(__file__).parent / "tasks"
 GROUPS = ("operational", "new_diagnosis", "abnormal_lab", "custom")
 INPATIENT_VISIT_CODES = ("Visit/IP", "Visit/ERIP", "Visit/IMP")
@@ -42,7 +44,7 @@ _PARENTHETICAL = re.compile(r"\s*\([^()]*\)")
 _CODE = re.compile(r"^[^\s/]+/\S+$|^MEDS_[A-Z_]+$")
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """A task file or definition is invalid; the message names the file, the field and the problem."""
 
 

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ehrembed.errors import InputError
+
 TokenCount = Callable[[list[str]], list[int]]
 """Tokens per text, for many texts at once (an encoder's ``count_tokens``)."""
 
@@ -227,7 +229,7 @@ def chunk_markdown(
         label = SECTION_SEPARATOR.join(path)
         room = config.max_tokens - packer.cost(chunk_text(title, label, ""))
         if room < 8:
-            raise ValueError(
+            raise InputError(
                 f"{guideline_id}: a chunk budget of {config.max_tokens} tokens leaves no room for text under "
                 f"{label!r}; raise max_tokens"
             )

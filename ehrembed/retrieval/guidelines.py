@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ehrembed.encoders.base import Encoder, EncoderError, Pooling
+from ehrembed.errors import InputError
 from ehrembed.retrieval.chunking import Chunk, ChunkingConfig, chunk_markdown, overview_chunks
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ OPEN_MEDICINE_PACKAGE = "open_medicine"
 _SPECIAL_TOKEN_MARGIN = 2  # [CLS] and [SEP]
 
 
-class GuidelineError(ValueError):
+class GuidelineError(InputError):
     """A guideline source or knowledge base cannot be used as asked."""
 
 
@@ -638,7 +639,7 @@ def build_knowledge_base(
 
 
 def _versions() -> dict[str, str]:
-    from ehrembed.distill.card import package_versions
+    from ehrembed.versions import package_versions
 
     return package_versions(
         ("ehrembed", "bm25s", "PyStemmer", "sentence-transformers", "transformers", "torch", "open-medicine")

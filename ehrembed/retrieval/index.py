@@ -59,6 +59,7 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.encoders.base import EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir, restore_interrupted, sha256_file
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
@@ -86,7 +87,7 @@ Progress = Callable[[int, int], None]
 """Called with (vectors added so far, total)."""
 
 
-class VectorIndexError(ValueError):
+class VectorIndexError(InputError):
     """An index cannot be built, read or searched as asked (the message says why and what to do)."""
 
 

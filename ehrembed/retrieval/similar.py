@@ -32,6 +32,7 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.errors import InputError
 from ehrembed.retrieval.index import VectorIndex, VectorIndexError
 
 EXPLAINED_DOMAINS: tuple[s.Domain, ...] = (s.Domain.CONDITION, s.Domain.DRUG, s.Domain.PROCEDURE)
@@ -40,7 +41,7 @@ _DAYS_PER_YEAR = 365.25
 _MIN_TEXT_MATCH = 4  # shortest description matched inside a query text
 
 
-class SimilarError(ValueError):
+class SimilarError(InputError):
     """A similar-patient query cannot be answered as asked (unknown subject, bad filter, no encoder)."""
 
 

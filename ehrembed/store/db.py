@@ -175,6 +175,22 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
+def catalog(url: str | URL | None = None) -> Iterator[Session]:
+    """One unit of work on the store, owning the engine's whole life: make, migrate, session, dispose.
+
+    For one-shot callers (the CLI, the main job); a long-lived service keeps its own engine and
+    session factory. Commits when the block ends normally, rolls back if it raises.
+    """
+    engine = make_engine(url)
+    try:
+        create_all(engine)
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def session_scope(bind: Engine | sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits when the block ends normally and rolls back if it raises.
 

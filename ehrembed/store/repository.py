@@ -20,7 +20,7 @@ import hmac
 import math
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ __all__ = [
     "audit",
     "count_labels",
     "create_api_key",
+    "current_artifact",
     "delete_artifact",
     "delete_dataset",
     "finish_audit",
@@ -324,6 +325,28 @@ def list_artifacts(
     if dataset is not None:
         query = query.where(Artifact.dataset_id == _resolve_dataset(session, dataset).id)
     return list(session.scalars(query.order_by(Artifact.kind, Artifact.name)))
+
+
+def current_artifact(
+    session: Session,
+    kind: ArtifactKind | str,
+    dataset: Dataset | str,
+    *,
+    matches: Callable[[Artifact], bool] | None = None,
+) -> Artifact | None:
+    """The newest artifact of ``kind`` recorded for ``dataset`` whose files still exist (and that ``matches``).
+
+    The one rule for "the current index / embedding set of a dataset": newest by recording time (then
+    id), skipping any whose path is gone; None when there is none (or the dataset is unknown).
+    """
+    try:
+        artifacts = list_artifacts(session, kind, dataset=dataset)
+    except NotFoundError:
+        return None
+    for artifact in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True):
+        if Path(artifact.path).exists() and (matches is None or matches(artifact)):
+            return artifact
+    return None
 
 
 def delete_artifact(session: Session, kind: ArtifactKind | str, name: str) -> None:

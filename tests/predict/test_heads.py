@@ -36,13 +36,13 @@ def test_head_learns_and_round_trips(name: str, tmp_path: Path) -> None:
     assert not list(folder.glob("*.pkl"))
     again = load_head(folder)
     assert np.allclose(again.predict_proba(Xt), p, atol=1e-6)
-    assert again.params == head.params
+    assert again.params_ == head.params_
 
 
 def test_without_validation_the_first_grid_point_is_used() -> None:
     X, y = _data(60, 3)
     head = make_head("logistic").fit(X, y)
-    assert head.params == {"C": 1e-4}
+    assert head.params_ == {"C": 1e-4}
 
 
 def test_one_class_and_shape_errors(tmp_path: Path) -> None:
@@ -78,3 +78,24 @@ def test_few_shot_sizes_still_fit() -> None:
     for name in HEAD_NAMES:
         p = make_head(name).fit(X[pick], y[pick]).predict_proba(X)
         assert np.isfinite(p).all()
+
+
+@pytest.mark.parametrize("name", HEAD_NAMES)
+def test_heads_honour_the_scikit_learn_estimator_contract(name: str) -> None:
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    head = make_head(name)
+    params = head.get_params()
+    assert params and all(not key.endswith("_") for key in params)
+    with pytest.raises(NotFittedError):
+        head.predict_proba(np.zeros((2, 16), dtype=np.float32))
+    X, y = _data(120, 5)
+    fitted = head.fit(X, y)
+    assert list(fitted.classes_) == [0, 1] and fitted.n_train_ == 120 and fitted.params_
+    twin = clone(fitted)  # same hyperparameters, nothing fitted
+    assert twin.get_params() == params and not hasattr(twin, "classes_")
+    key = next(iter(params))
+    assert twin.set_params(**{key: params[key]}) is twin
+    assert set(np.unique(fitted.predict(X))) <= {0, 1}
+    assert np.allclose(twin.fit(X, y).predict_proba(X), fitted.predict_proba(X))

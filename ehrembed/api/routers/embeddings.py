@@ -15,7 +15,7 @@ from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import EmbeddingRow, EmbeddingsIn, EmbeddingsOut, QueryInt
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.encoders.job import EmbedConfig, embed_records
-from ehrembed.store.repository import list_artifacts
+from ehrembed.store.repository import current_artifact
 from ehrembed.store.tables import ArtifactKind
 
 router = APIRouter(prefix="/v1/embeddings", tags=["embeddings"])
@@ -79,15 +79,16 @@ def export(
     audit(request, dataset, [])
     state.dataset(dataset)
     with state.session() as session:
-        artifacts = list_artifacts(session, ArtifactKind.EMBEDDINGS, dataset=dataset)
-        matches = [
-            a.path
-            for a in sorted(artifacts, key=lambda a: (a.created_at, a.id), reverse=True)
-            if encoder in (a.name, (a.spec or {}).get("name"), (a.spec or {}).get("encoder")) and Path(a.path).exists()
-        ]
-    if not matches:
+        artifact = current_artifact(
+            session,
+            ArtifactKind.EMBEDDINGS,
+            dataset,
+            matches=lambda a: encoder in (a.name, (a.spec or {}).get("name"), (a.spec or {}).get("encoder")),
+        )
+        found = None if artifact is None else artifact.path
+    if found is None:
         raise ApiError(404, f"no embeddings of dataset {dataset} by encoder {encoder!r} are recorded", "encoder")
-    whole = EmbeddingSet.load(matches[0])
+    whole = EmbeddingSet.load(found)
     if offset > len(whole):
         raise ApiError(422, f"offset {offset} is past the end of the embedding set ({len(whole)} rows)", "offset")
     embeddings = whole.page(offset, limit)

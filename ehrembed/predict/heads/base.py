@@ -1,4 +1,4 @@
-"""The head contract (scikit-learn style) and how heads are saved without pickle.
+"""The head contract (the scikit-learn estimator's) and how heads are saved without pickle.
 
 A head is fitted on feature rows ``X`` and binary labels ``y``; with a validation set it picks its
 hyperparameters from a small grid by validation AUROC (the first grid point when the validation
@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, Self, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
+from sklearn.utils.validation import check_is_fitted
 
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir
 
 HEAD_FILE = "head.json"
@@ -27,7 +30,7 @@ FORMAT = "ehrembed-head/1"
 Matrix: TypeAlias = np.ndarray | sp.csr_matrix
 
 
-class HeadError(ValueError):
+class HeadError(InputError):
     """A head cannot be fitted or read as asked (e.g. one class only, or a corrupt folder)."""
 
 
@@ -35,13 +38,91 @@ class Head(Protocol):
     """What the benchmark and the API need from a few-shot head."""
 
     kind: ClassVar[str]
-    params: dict[str, Any]
+    params_: dict[str, Any]
 
     def fit(self, X: Matrix, y: np.ndarray, X_val: Matrix | None = None, y_val: np.ndarray | None = None) -> Head: ...
 
     def predict_proba(self, X: Matrix) -> np.ndarray: ...
 
     def save(self, path: Path | str) -> Path: ...
+
+    @classmethod
+    def load(cls, path: Path | str) -> Head: ...
+
+
+class BaseHead(ClassifierMixin, BaseEstimator):
+    """The scikit-learn estimator contract and the save/load skeleton the three heads share.
+
+    Subclasses take only hyperparameters in ``__init__`` (so ``get_params`` / ``set_params`` and
+    ``sklearn.base.clone`` work) and implement ``_fit`` (set the fitted ``*_`` attributes),
+    ``_proba`` (probability of class 1), ``_files`` / ``_meta`` (what ``save`` writes beside
+    ``head.json``) and ``_restore`` (read it back). Fitted attributes end in ``_``: ``params_`` (the
+    grid point chosen), ``grid_scores_``, ``n_train_``, ``classes_`` (``[0, 1]``). Using an unfitted
+    head raises scikit-learn's ``NotFittedError``.
+    """
+
+    kind: ClassVar[str]
+    n_features_: int
+
+    def fit(self, X: Matrix, y: np.ndarray, X_val: Matrix | None = None, y_val: np.ndarray | None = None) -> Self:
+        y = check_training_labels(y)
+        self._fit(X, y, X_val, None if y_val is None else np.asarray(y_val).astype(np.int64).ravel())
+        self.classes_ = np.array([0, 1])
+        self.n_train_ = len(y)
+        self.n_features_ = int(X.shape[1])
+        return self
+
+    def predict_proba(self, X: Matrix) -> np.ndarray:
+        check_is_fitted(self, "classes_")
+        if X.shape[1] != self.n_features_:
+            raise HeadError(f"features have {X.shape[1]} columns; the head was fitted on {self.n_features_}")
+        return two_columns(self._proba(X))
+
+    def predict(self, X: Matrix) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
+
+    def save(self, path: Path | str) -> Path:
+        check_is_fitted(self, "classes_")
+        meta = {
+            "kind": self.kind,
+            "params": self.params_,
+            "grid": self.grid_scores_,
+            "n_train": self.n_train_,
+            "n_features": self.n_features_,
+            **self._meta(),
+        }
+        return write_head(path, meta, self._files())
+
+    @classmethod
+    def load(cls, path: Path | str) -> Self:
+        meta = read_head_meta(path)
+        if meta.get("kind") != cls.kind:
+            raise HeadError(f"{path}: a {meta.get('kind')!r} head, not {cls.kind!r}")
+        head = cls(**{k: meta[k] for k in cls._init_keys_saved if k in meta})
+        head.params_, head.grid_scores_ = dict(meta["params"]), list(meta.get("grid", []))
+        head.n_train_, head.n_features_ = int(meta.get("n_train", 0)), int(meta["n_features"])
+        head._restore(Path(path), meta)
+        head.classes_ = np.array([0, 1])
+        return head
+
+    # --- what each head supplies -------------------------------------------------------------
+    _init_keys_saved: ClassVar[tuple[str, ...]] = ()
+    """Hyperparameters ``save`` writes into ``head.json`` and ``load`` passes back to ``__init__``."""
+
+    def _fit(self, X: Matrix, y: np.ndarray, X_val: Matrix | None, y_val: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _proba(self, X: Matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def _files(self) -> dict[str, Callable[[Path], object]]:
+        raise NotImplementedError
+
+    def _meta(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._init_keys_saved}
+
+    def _restore(self, folder: Path, meta: dict[str, Any]) -> None:
+        raise NotImplementedError
 
 
 def check_training_labels(y: np.ndarray) -> np.ndarray:

@@ -6,21 +6,14 @@ the training set so a few-shot fit can still split. Saved as LightGBM's own text
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
 
-from ehrembed.predict.heads.base import (
-    HeadError,
-    Matrix,
-    check_training_labels,
-    read_head_meta,
-    select_params,
-    two_columns,
-    write_head,
-)
+from ehrembed.predict.heads.base import BaseHead, HeadError, Matrix, select_params
 
 GRID: tuple[dict[str, Any], ...] = (
     {"num_leaves": 15, "learning_rate": 0.1, "n_estimators": 100},
@@ -30,7 +23,7 @@ GRID: tuple[dict[str, Any], ...] = (
 MODEL_FILE = "model.txt"
 
 
-class LightGBMHead:
+class LightGBMHead(BaseHead):
     """``lightgbm.LGBMClassifier`` over :data:`GRID`; ``min_child_samples`` follows the training size."""
 
     kind: ClassVar[str] = "lightgbm"
@@ -39,17 +32,9 @@ class LightGBMHead:
         self.grid = grid
         self.seed = seed
         self.n_jobs = n_jobs
-        self.params: dict[str, Any] = {}
-        self.grid_scores: list[dict[str, Any]] = []
-        self.booster: lgb.Booster | None = None
-        self.n_train = 0
 
-    def fit(
-        self, X: Matrix, y: np.ndarray, X_val: Matrix | None = None, y_val: np.ndarray | None = None
-    ) -> LightGBMHead:
-        y = check_training_labels(y)
-        n = len(y)
-        leaf = int(max(1, min(20, n // 10)))
+    def _fit(self, X: Matrix, y: np.ndarray, X_val: Matrix | None, y_val: np.ndarray | None) -> None:
+        leaf = int(max(1, min(20, len(y) // 10)))
 
         def fit_one(params: dict[str, Any]) -> lgb.LGBMClassifier:
             model = lgb.LGBMClassifier(
@@ -67,41 +52,21 @@ class LightGBMHead:
             )
             return model.fit(X, y)
 
-        model, self.params, self.grid_scores = select_params(
+        model, self.params_, self.grid_scores_ = select_params(
             list(self.grid), fit_one, lambda m: m.predict_proba(X_val)[:, 1], y_val
         )
-        self.params["min_child_samples"] = leaf
-        self.booster = model.booster_
-        self.n_train = n
-        return self
+        self.params_["min_child_samples"] = leaf
+        self.booster_: lgb.Booster = model.booster_
 
-    def predict_proba(self, X: Matrix) -> np.ndarray:
-        if self.booster is None:
-            raise HeadError("the LightGBM head is not fitted")
-        if X.shape[1] != self.booster.num_feature():
-            raise HeadError(f"features have {X.shape[1]} columns; the head was fitted on {self.booster.num_feature()}")
-        return two_columns(np.asarray(self.booster.predict(X)))
+    def _proba(self, X: Matrix) -> np.ndarray:
+        return np.asarray(self.booster_.predict(X))
 
-    def save(self, path: Path | str) -> Path:
-        if self.booster is None:
-            raise HeadError("the LightGBM head is not fitted")
-        booster = self.booster
-        meta = {
-            "kind": self.kind,
-            "params": self.params,
-            "grid": self.grid_scores,
-            "n_train": self.n_train,
-            "n_features": booster.num_feature(),
-        }
-        return write_head(path, meta, {MODEL_FILE: lambda p: booster.save_model(str(p))})
+    def _files(self) -> dict[str, Callable[[Path], object]]:
+        booster = self.booster_
+        return {MODEL_FILE: lambda p: booster.save_model(str(p))}
 
-    @classmethod
-    def load(cls, path: Path | str) -> LightGBMHead:
-        meta = read_head_meta(path)
-        head = cls()
-        head.params, head.grid_scores, head.n_train = meta["params"], meta.get("grid", []), meta["n_train"]
+    def _restore(self, folder: Path, meta: dict[str, Any]) -> None:
         try:
-            head.booster = lgb.Booster(model_file=str(Path(path) / MODEL_FILE))
+            self.booster_ = lgb.Booster(model_file=str(folder / MODEL_FILE))
         except lgb.basic.LightGBMError as exc:
-            raise HeadError(f"{path}: unreadable LightGBM model ({exc})") from None
-        return head
+            raise HeadError(f"{folder}: unreadable LightGBM model ({exc})") from None
