@@ -184,3 +184,31 @@ def test_as_of_out_of_range_is_exit_2(ingested: Path) -> None:
     result = runner.invoke(app, ["serialize", str(ingested), "--subject", "1", "--as-of", "0001-01-01T00:00:00+01:00"])
     assert result.exit_code == 2
     assert "outside the supported range" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "spelling"),
+    [
+        (["similar"], "--top"),
+        (["guidelines", "search"], "--top"),
+        (["benchmark"], "--shots"),
+        (["run"], "--shots"),
+        (["embed"], "--kb"),
+        (["run"], "--kb"),
+    ],
+)
+def test_one_name_per_concept(command: list[str], spelling: str) -> None:
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and spelling in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "create", "--name", "x", "--scope", "root"],
+        ["guidelines", "search", "q", "--mode", "fuzzy"],
+        ["serialize", "DIR", "--subject", "1", "--max-tokens", "8"],
+    ],
+)
+def test_enums_and_bounds_refuse_bad_values_with_exit_2(args: list[str]) -> None:
+    assert runner.invoke(app, args).exit_code == 2

@@ -49,6 +49,45 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 
 
+class IndexKind(StrEnum):
+    """``ehrembed index --kind``: auto (by size), flat (exact), hnsw or ivfpq."""
+
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+class SearchMode(StrEnum):
+    """``ehrembed guidelines search --mode``."""
+
+    hybrid = "hybrid"
+    bm25 = "bm25"
+    dense = "dense"
+
+
+class Scope(StrEnum):
+    """API key scopes, each including the ones before."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+class Sex(StrEnum):
+    F = "F"
+    M = "M"
+
+
+TopOption = Annotated[int, typer.Option("-k", "--top", "--k", min=1, help="How many results to return.")]
+"""Result counts are ``-k/--top`` everywhere (``--k`` is kept as an old spelling); few-shot sizes are ``--shots``."""
+MIN_MAX_TOKENS = 32
+"""One minimum for every ``--max-tokens``: below it no record fits beside an instruction."""
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-tokens", min=MIN_MAX_TOKENS, help="Token window / budget (default: the model's).")
+]
+
+
 class RecordFormat(StrEnum):
     """The serializer's record layouts (``SerializerConfig.format``)."""
 

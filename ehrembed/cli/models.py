@@ -12,6 +12,7 @@ from rich.table import Table
 from ehrembed.cli.common import (
     FormatOption,
     JsonFlag,
+    MaxTokensOption,
     OverwriteFlag,
     RecordFormat,
     app,
@@ -66,7 +67,7 @@ def embed_cmd(
             "--task", help="Embed for this task (built-in name or YAML file): its question goes into the instruction."
         ),
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=8, help="Encoder token window (default: the model's).")] = None,
+    max_tokens: MaxTokensOption = None,
     fmt: FormatOption = RecordFormat.list,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
     chunk_size: Annotated[
@@ -82,7 +83,8 @@ def embed_cmd(
         ),
     ] = False,
     guidelines_kb: Annotated[
-        Path | None, typer.Option("--guidelines-kb", help="Knowledge base for --guidelines (default: the built one).")
+        Path | None,
+        typer.Option("--kb", "--guidelines-kb", help="Knowledge base for --guidelines (default: the built one)."),
     ] = None,
     ray_address: Annotated[
         str | None,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ehrembed.cli.common import (
+    MIN_MAX_TOKENS,
     JsonFlag,
     app,
     err_console,
@@ -38,7 +39,8 @@ tasks_app = typer.Typer(
 app.add_typer(tasks_app, name="tasks")
 
 KOption = Annotated[
-    list[str] | None, typer.Option("--k", help="Few-shot k values (repeatable or comma-separated; 'all').")
+    list[str] | None,
+    typer.Option("--shots", "--k", help="Few-shot sizes k (repeatable or comma-separated; 'all'). Old spelling --k."),
 ]
 HeadOption = Annotated[
     list[str] | None, typer.Option("--head", help="Heads: lightgbm, logistic, knn (repeatable; default all).")
@@ -112,7 +114,7 @@ def benchmark_cmd(
     k: KOption = None,
     replicates: Annotated[int, typer.Option(min=1, help="Replicates per k.")] = 5,
     head: HeadOption = None,
-    max_tokens: Annotated[int | None, typer.Option(min=32, help="Token window of neural encoders.")] = 512,
+    max_tokens: Annotated[int | None, typer.Option(min=MIN_MAX_TOKENS, help="Token window of neural encoders.")] = 512,
     sample_positives: Annotated[
         int | None, typer.Option(min=1, help="Case-cohort sample: positives per task to keep (default: all).")
     ] = None,
@@ -190,7 +192,7 @@ def run_cmd(
         Path | None, typer.Option(help="Student base folder (default: the packaged all-MiniLM-L6-v2).")
     ] = None,
     max_tokens: Annotated[
-        int, typer.Option(min=32, help="Token window of the teacher and students.")
+        int, typer.Option(min=MIN_MAX_TOKENS, help="Token window of the teacher and students.")
     ] = _JOB.max_tokens,
     sample_positives: Annotated[
         int, typer.Option(min=1, help="Case-cohort sample: positives per task the teacher embeds.")
@@ -214,7 +216,11 @@ def run_cmd(
     ] = _JOB.teacher_pooling,
     guidelines_kb: Annotated[
         Path | None,
-        typer.Option(help="Guideline knowledge base folder (default: built once under $EHREMBED_HOME)."),
+        typer.Option(
+            "--kb",
+            "--guidelines-kb",
+            help="Guideline knowledge base folder (default: built once under $EHREMBED_HOME).",
+        ),
     ] = None,
     retrieval_model: Annotated[
         Path | None,

@@ -10,6 +10,7 @@ import typer
 from ehrembed.cli.common import (
     FormatOption,
     JsonFlag,
+    MaxTokensOption,
     OverwriteFlag,
     RecordFormat,
     app,
@@ -138,7 +139,7 @@ def serialize_cmd(
         str | None,
         typer.Option("--as-of", help="ISO time; only events at or before it are shown (default: last event)."),
     ] = None,
-    max_tokens: Annotated[int | None, typer.Option(min=1, help="Token budget; oldest content goes first.")] = None,
+    max_tokens: MaxTokensOption = None,
     fmt: FormatOption = RecordFormat.markdown,
     tokenizer: Annotated[
         Path | None, typer.Option(help="tokenizer.json or model folder for --max-tokens (default: MiniLM).")

@@ -9,7 +9,11 @@ import typer
 from rich.table import Table
 
 from ehrembed.cli.common import (
+    IndexKind,
     JsonFlag,
+    SearchMode,
+    Sex,
+    TopOption,
     app,
     bar_progress,
     fail,
@@ -34,7 +38,7 @@ def index_cmd(
         ),
     ],
     out: Annotated[Path | None, typer.Option("--out", help="Index folder (default: <embeddings>.index).")] = None,
-    kind: Annotated[str, typer.Option(help="auto (by size), flat (exact), hnsw or ivfpq.")] = "auto",
+    kind: Annotated[IndexKind, typer.Option(help="auto (by size), flat (exact), hnsw or ivfpq.")] = IndexKind.auto,
     ray_address: Annotated[
         str | None,
         typer.Option("--ray", help="With several --embeddings: fill the shards on Ray (local, auto, ray://…)."),
@@ -46,11 +50,9 @@ def index_cmd(
 
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.encoders.embeddings import EmbeddingSet
-    from ehrembed.retrieval.index import KINDS, build_index
+    from ehrembed.retrieval.index import build_index
     from ehrembed.retrieval.sharded import build_sharded_index
 
-    if kind not in KINDS:
-        fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
     sharded = len(embeddings) > 1
     if sharded and kind not in ("auto", "ivfpq"):
         fail("several --embeddings build one IVF-PQ index shard by shard; use --kind ivfpq (or auto)")
@@ -109,7 +111,7 @@ def _recorded_index(dataset_name: str) -> Path:
 def similar_cmd(
     dataset: Annotated[Path, typer.Argument(help="The MEDS folder the index was built from.")],
     subject: Annotated[int, typer.Option("--subject", help="subject_id whose similar patients to find.")],
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of similar patients.")] = 10,
+    k: TopOption = 10,
     index: Annotated[
         Path | None, typer.Option("--index", help="Index folder (default: the newest recorded for the dataset).")
     ] = None,
@@ -119,7 +121,7 @@ def similar_cmd(
     split: Annotated[
         list[str] | None, typer.Option("--split", help="Only neighbours in this split (repeatable).")
     ] = None,
-    sex: Annotated[str | None, typer.Option("--sex", help="Only neighbours of this sex: F or M.")] = None,
+    sex: Annotated[Sex | None, typer.Option("--sex", help="Only neighbours of this sex.")] = None,
     min_age: Annotated[
         float | None, typer.Option("--min-age", min=0, help="Minimum age at the neighbour's time.")
     ] = None,
@@ -249,23 +251,23 @@ def guidelines_build_cmd(
 @guidelines_app.command("search")
 def guidelines_search_cmd(
     query: Annotated[str, typer.Argument(help="A clinical question, e.g. 'eGFR 40 with albuminuria'.")],
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Passages to return.")] = 5,
-    mode: Annotated[str, typer.Option(help="hybrid (BM25 + dense, rank fusion), bm25 or dense.")] = "hybrid",
+    k: TopOption = 5,
+    mode: Annotated[
+        SearchMode, typer.Option(help="hybrid (BM25 + dense, rank fusion), bm25 or dense.")
+    ] = SearchMode.hybrid,
     kb_dir: Annotated[
         Path | None, typer.Option("--kb", help="Knowledge base folder (default: $EHREMBED_HOME/guidelines/default).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Search the guideline knowledge base; prints guideline, section, score and passage."""
-    from ehrembed.retrieval.guidelines import MODES, GuidelineKB
+    from ehrembed.retrieval.guidelines import GuidelineKB
 
-    if mode not in MODES:
-        fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     with user_errors():
         kb = GuidelineKB.load(kb_dir)
-        hits = kb.search(query, k=k, mode=mode)
+        hits = kb.search(query, k=k, mode=mode.value)
     if as_json:
-        print_json({"query": query, "mode": mode, "results": [h.as_dict() for h in hits]})
+        print_json({"query": query, "mode": mode.value, "results": [h.as_dict() for h in hits]})
         return
     if not hits:
         out_console.print("no matching passages")

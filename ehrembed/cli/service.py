@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ehrembed.cli.common import JsonFlag, app, err_console, out_console, print_json, user_errors
+from ehrembed.cli.common import JsonFlag, Scope, app, err_console, out_console, print_json, user_errors
 
 keys_app = typer.Typer(help="API keys: create (the secret is shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -16,8 +16,8 @@ app.add_typer(keys_app, name="keys")
 def keys_create_cmd(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
     scope: Annotated[
-        str, typer.Option("--scope", help="read, write or admin (each includes the ones before).")
-    ] = "read",
+        Scope, typer.Option("--scope", help="read, write or admin (each includes the ones before).")
+    ] = Scope.read,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; its secret is printed once and only its SHA-256 is stored."""
@@ -25,7 +25,7 @@ def keys_create_cmd(
     from ehrembed.store.repository import create_api_key
 
     with user_errors(), catalog() as session:
-        key, secret = create_api_key(session, name, scope)
+        key, secret = create_api_key(session, name, scope.value)
         data = {"id": key.id, "name": key.name, "scope": str(key.scope), "key": secret}
     if as_json:
         print_json(data)
