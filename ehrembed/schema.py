@@ -2,8 +2,10 @@
 
 ehrembed keeps patient data in MEDS (https://github.com/Medical-Event-Data-Standard/meds):
 one row per event with ``subject_id``, ``time``, ``code``, ``numeric_value``, ``text_value``,
-sorted by subject and time, plus ``metadata/codes.parquet`` describing each code. We add a few
-extension columns that MEDS allows and ``metadata/dataset.json`` declares:
+sorted by subject and time, plus ``metadata/codes.parquet`` describing each code. The core column
+names and types, file paths, split names and special codes come from the ``meds`` package itself
+(never re-declared here). We add a few extension columns that MEDS allows and
+``metadata/dataset.json`` declares:
 
 - ``unit``: unit of ``numeric_value`` (a code modifier in MEDS terms), e.g. ``mg/dL``.
 - ``visit_id``: the visit (encounter) an event belongs to, so records can be told visit by visit.
@@ -29,16 +31,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import meds
 import pyarrow as pa
 
 from ehrembed.errors import InputError
 
-# --- MEDS core columns -------------------------------------------------------------------------
-SUBJECT_ID = "subject_id"
-TIME = "time"
-CODE = "code"
-NUMERIC_VALUE = "numeric_value"
-TEXT_VALUE = "text_value"
+# --- MEDS core columns (names from the ``meds`` package, not re-declared) ---------------------------
+SUBJECT_ID: str = meds.DataSchema.subject_id_name
+TIME: str = meds.DataSchema.time_name
+CODE: str = meds.DataSchema.code_name
+NUMERIC_VALUE: str = meds.DataSchema.numeric_value_name
+TEXT_VALUE: str = meds.DataSchema.text_value_name
+MEDS_VERSION: str = meds.__version__
+"""The MEDS release whose schemas these are (written into ``metadata/dataset.json``)."""
 
 # --- ehrembed extension columns -----------------------------------------------------------------
 UNIT = "unit"
@@ -56,28 +61,30 @@ FLOAT32_MAX = 3.4028234663852886e38
 """The largest finite float32: ``numeric_value``, ``ref_low`` and ``ref_high`` are stored as float32."""
 
 # --- well-known codes ---------------------------------------------------------------------------
-BIRTH_CODE = "MEDS_BIRTH"
-DEATH_CODE = "MEDS_DEATH"
+BIRTH_CODE: str = meds.birth_code
+DEATH_CODE: str = meds.death_code
 VISIT_END_CODE = "MEDS_VISIT_END"
 
+_MEDS_DATA: pa.Schema = meds.DataSchema.schema()
 DATA_SCHEMA = pa.schema(
     [
-        pa.field(SUBJECT_ID, pa.int64(), nullable=False),
-        pa.field(TIME, pa.timestamp("us"), nullable=True),
-        pa.field(CODE, pa.string(), nullable=False),
-        pa.field(NUMERIC_VALUE, pa.float32(), nullable=True),
-        pa.field(TEXT_VALUE, pa.large_string(), nullable=True),
+        pa.field(SUBJECT_ID, _MEDS_DATA.field(SUBJECT_ID).type, nullable=False),
+        pa.field(TIME, _MEDS_DATA.field(TIME).type, nullable=True),
+        pa.field(CODE, _MEDS_DATA.field(CODE).type, nullable=False),
+        pa.field(NUMERIC_VALUE, _MEDS_DATA.field(NUMERIC_VALUE).type, nullable=True),
+        pa.field(TEXT_VALUE, _MEDS_DATA.field(TEXT_VALUE).type, nullable=True),
         pa.field(UNIT, pa.string(), nullable=True),
         pa.field(VISIT_ID, pa.int64(), nullable=True),
         pa.field(REF_LOW, pa.float32(), nullable=True),
         pa.field(REF_HIGH, pa.float32(), nullable=True),
     ]
 )
-"""Event rows as written to ``data/*.parquet`` (MEDS core columns first)."""
+"""Event rows as written to ``data/*.parquet``: MEDS' own ``DataSchema`` columns first (their types from
+the ``meds`` package), then our extensions."""
 
 # --- metadata/codes.parquet ---------------------------------------------------------------------
-DESCRIPTION = "description"
-PARENT_CODES = "parent_codes"
+DESCRIPTION: str = meds.CodeMetadataSchema.description_name
+PARENT_CODES: str = meds.CodeMetadataSchema.parent_codes_name
 DOMAIN = "domain"
 OMOP_CONCEPT_ID = "omop_concept_id"
 OMOP_ANCESTOR_IDS = "omop_ancestor_ids"
@@ -97,10 +104,11 @@ OMOP sources, its concept id and all ancestor concept ids (from ``concept_ancest
 definitions use to expand a code to its descendants."""
 
 # --- metadata/subject_splits.parquet ------------------------------------------------------------
-SPLIT = "split"
+SPLIT: str = meds.SubjectSplitSchema.split_name
 SPLITS_SCHEMA = pa.schema(
     [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field(SPLIT, pa.string(), nullable=False)]
 )
+"""MEDS' ``SubjectSplitSchema`` with both columns required."""
 
 # --- metadata/subject_source_ids.parquet: the source system's own patient ids ---------------------
 SOURCE_ID = "source_id"
@@ -108,19 +116,19 @@ SOURCE_IDS_SCHEMA = pa.schema(
     [pa.field(SUBJECT_ID, pa.int64(), nullable=False), pa.field(SOURCE_ID, pa.string(), nullable=False)]
 )
 
-DATA_DIR = "data"
-CODES_FILE = "metadata/codes.parquet"
-SPLITS_FILE = "metadata/subject_splits.parquet"
-DATASET_FILE = "metadata/dataset.json"
+DATA_DIR: str = meds.data_subdirectory
+CODES_FILE: str = meds.code_metadata_filepath
+SPLITS_FILE: str = meds.subject_splits_filepath
+DATASET_FILE: str = meds.dataset_metadata_filepath
 SOURCE_IDS_FILE = "metadata/subject_source_ids.parquet"
 
 
 class Split(StrEnum):
-    """MEDS' recommended split names."""
+    """MEDS' split names (``meds.train_split``, ``tuning_split``, ``held_out_split``)."""
 
-    TRAIN = "train"
-    TUNING = "tuning"
-    HELD_OUT = "held_out"
+    TRAIN = meds.train_split
+    TUNING = meds.tuning_split
+    HELD_OUT = meds.held_out_split
 
 
 class Domain(StrEnum):

@@ -26,7 +26,7 @@ from ehrembed.ehr.text import one_line
 from ehrembed.errors import InputError, NotFoundError
 from ehrembed.fsutil import atomic_dir, atomic_write_text
 
-MEDS_VERSION = "0.4.1"
+MEDS_VERSION = s.MEDS_VERSION
 DEFAULT_SHARD_SUBJECTS = 20_000
 
 
