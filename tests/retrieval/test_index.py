@@ -10,6 +10,7 @@ import pytest
 
 from ehrembed.encoders.base import EncoderSpec
 from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.fsutil import sha256_file
 from ehrembed.retrieval import index as index_module
 from ehrembed.retrieval.index import (
     FLAT_MAX_AUTO,
@@ -263,7 +264,7 @@ def test_corrupt_and_missing_files(tmp_path: Path) -> None:
 
     index_file.write_bytes(b"not a faiss index at all")  # a consistent checksum, unreadable contents
     meta = json.loads((path / META_FILE).read_text())
-    meta["index_sha256"] = index_module.sha256_file(index_file)
+    meta["index_sha256"] = sha256_file(index_file)
     (path / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(VectorIndexError, match="not a readable FAISS index"):
         VectorIndex.load(path)

@@ -310,11 +310,11 @@ def test_cli_index_and_similar(tmp_path: Path, cohort: Cohort) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["similar", "{data}", "--subject", "3", "--sex", "Q", "--index", "{index}"], "sex must be F or M"),
+        (["similar", "{data}", "--subject", "3", "--sex", "Q", "--index", "{index}"], "'Q' is not one of 'F', 'M'"),
         (["similar", "{data}", "--subject", "424242", "--index", "{index}"], "subject 424242 is not in the index"),
         (["similar", "{data}", "--subject", "3", "--index", "{data}/nope"], "not found"),
         (["similar", "{data}", "--subject", "3"], "no index is recorded for dataset"),
-        (["index", "{data}", "--embeddings", "{emb}", "--kind", "annoy"], "--kind must be one of"),
+        (["index", "{data}", "--embeddings", "{emb}", "--kind", "annoy"], "'annoy' is not one of"),
     ],
 )
 def test_cli_errors(tmp_path: Path, cohort: Cohort, args: list[str], message: str) -> None:

@@ -1,57 +1,13 @@
-"""VectorIndex: nearest-neighbour search over FAISS, with ids that name (subject, prediction time) rows.
+"""The index itself: a FAISS index plus the row table (ids, subjects, times, tombstones) and the search rules.
 
-Vectors are compared by inner product. Encoders that L2-normalise (``EncoderSpec.normalize``)
-make that the cosine similarity; the index normalises again on add and search when the spec (or
-``normalize=True``) says so, so a stray un-normalised query cannot skew scores.
-
-Three kinds, chosen by collection size unless asked for (``kind=``):
-
-- ``flat`` (``IndexFlatIP``): exact search, the default up to :data:`FLAT_MAX_AUTO` vectors.
-- ``hnsw`` (``IndexHNSWFlat``, inner product): a graph index, up to :data:`HNSW_MAX_AUTO` vectors.
-  Memory is the raw vectors plus ``~2·M`` int32 links per vector (M=16: about 1.09× the raw vectors
-  at 384-d; M=32: 1.18×). ``efSearch`` trades latency for recall.
-- ``ivfpq``: an inverted file over ``nlist`` k-means cells whose vectors are kept as 4-bit
-  product-quantizer codes (``IVF{nlist},PQ{m}x4fs``, SIMD "fast scan"), re-ranked by a 6-bit
-  scalar-quantized copy (``Refine(SQ6)``): about 0.23× the raw vectors at 384-d. ``nprobe`` cells
-  are visited per query and ``k_factor·k`` candidates re-ranked. The default beyond HNSW's range.
-
-Every row has an int64 id chosen by the caller (``from_embeddings`` numbers the rows of an
-:class:`~ehrembed.encoders.embeddings.EmbeddingSet` 0..n-1) mapped to ``(subject_id,
-prediction_time)`` in a rows table kept beside the FAISS index. FAISS itself labels rows by
-position.
-
-**Removal** uses tombstones for every kind (HNSW graphs cannot drop nodes, and one rule for all
-kinds keeps positions stable): a removed row stays in the FAISS index but is never returned. On
-CPU the search skips tombstones inside FAISS (an ``IDSelector``); on GPU it over-fetches and drops
-them. Removed rows still take memory until the index is rebuilt from its embeddings
-(``ehrembed index`` again); :attr:`VectorIndex.removed` says how many there are.
-
-**Exclusions** (``search(..., exclude_ids=...)``) are filtered after the search with over-fetch:
-the index asks FAISS for ``k`` plus the number of excluded rows, widening (more candidates, a
-larger ``efSearch`` / ``nprobe``) until ``k`` results survive or the collection is exhausted, so
-an excluded row is never returned and ``k`` results still come back whenever ``k`` rows remain.
-
-**On disk** an index is a folder written atomically (built beside the target, renamed into place,
-so a failed build or save leaves any previous index untouched): ``index.faiss``
-(``faiss.write_index``), ``rows.parquet`` (id, subject_id, prediction_time, removed) and
-``index.json`` (dim, metric, kind, parameters, encoder spec and fingerprint, counts, and the
-SHA-256 of ``index.faiss``, verified on load).
-
-With ``faiss-gpu`` and a visible GPU (``faiss.get_num_gpus() > 0``), exact (``flat``) searches
-run on the GPU; HNSW and the fast-scan IVF-PQ index have no GPU implementation and stay on CPU.
-CPU always works.
+See :mod:`ehrembed.retrieval.index` for the kinds, removal, exclusions and the on-disk layout.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import json
-import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -59,139 +15,38 @@ import polars as pl
 from ehrembed import schema as s
 from ehrembed.encoders.base import EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
-from ehrembed.errors import InputError
-from ehrembed.fsutil import atomic_dir, restore_interrupted, sha256_file
+from ehrembed.retrieval.index.backend import (
+    _faiss,
+    _faiss_message,
+    _normalize,
+    exhaustive,
+    gpu_available,
+    new_faiss_index,
+    search_parameters,
+)
+from ehrembed.retrieval.index.params import (
+    IVFPQ_MIN_VECTORS,
+    KINDS,
+    IndexKind,
+    IndexParams,
+    VectorIndexError,
+    resolve_kind,
+)
+from ehrembed.retrieval.index.storage import (
+    ID,
+    REMOVED,
+    index_arguments,
+    index_metadata,
+    read_index,
+    row_arrays,
+    save_index,
+)
 
-IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
-KINDS: tuple[str, ...] = ("auto", "flat", "hnsw", "ivfpq")
-
-FLAT_MAX_AUTO = 50_000
-"""``kind="auto"`` builds an exact index up to this many vectors."""
-HNSW_MAX_AUTO = 2_000_000
-"""``kind="auto"`` builds HNSW up to this many vectors and IVF-PQ beyond."""
-IVFPQ_MIN_VECTORS = 256
-"""IVF-PQ must be trained; fewer vectors than this make no useful codebooks."""
-
-INDEX_FILE = "index.faiss"
-ROWS_FILE = "rows.parquet"
-META_FILE = "index.json"
-FORMAT = "ehrembed-vector-index/1"
-METRIC = "inner_product"
-
-ID = "id"
-REMOVED = "removed"
 _ADD_CHUNK = 65_536
 _MAX_WIDEN_ROUNDS = 8
 
 Progress = Callable[[int, int], None]
 """Called with (vectors added so far, total)."""
-
-
-class VectorIndexError(InputError):
-    """An index cannot be built, read or searched as asked (the message says why and what to do)."""
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """Build and search parameters. ``None`` fields are derived from the collection size and dim.
-
-    HNSW: ``hnsw_m`` links per node, ``ef_construction`` build beam, ``ef_search`` query beam.
-    IVF-PQ: ``nlist`` cells (default a power of two near ``2·sqrt(n)``), ``nprobe`` cells visited
-    per query (default ``max(128, nlist/16)``, at most ``nlist``), ``pq_m`` 4-bit sub-quantizers
-    (default ``dim/4``: 2 bytes per 8 dims), ``refine`` the re-ranking store (``SQ6``, ``SQ8``,
-    ``SQ4``, ``Flat`` or ``none``), ``k_factor`` candidates re-ranked per result, ``max_train``
-    vectors sampled for training.
-    """
-
-    hnsw_m: int = 16
-    ef_construction: int = 64
-    ef_search: int = 128
-    nlist: int | None = None
-    nprobe: int | None = None
-    pq_m: int | None = None
-    refine: str = "SQ6"
-    k_factor: int = 16
-    max_train: int = 131_072
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("hnsw_m", "ef_construction", "ef_search", "k_factor", "max_train"):
-            if getattr(self, name) < 1:
-                raise VectorIndexError(f"index parameter {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("nlist", "nprobe", "pq_m"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise VectorIndexError(f"index parameter {name} must be at least 1, got {value}")
-        if self.refine not in ("none", "SQ4", "SQ6", "SQ8", "Flat"):
-            raise VectorIndexError(f"refine must be one of none, SQ4, SQ6, SQ8, Flat; got {self.refine!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexParams:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def resolve_kind(kind: str, n: int) -> str:
-    """The concrete kind ``auto`` means for ``n`` vectors (other kinds are returned as given)."""
-    if kind not in KINDS:
-        raise VectorIndexError(f"index kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    if kind != "auto":
-        return kind
-    if n <= FLAT_MAX_AUTO:
-        return "flat"
-    return "hnsw" if n <= HNSW_MAX_AUTO else "ivfpq"
-
-
-def default_nlist(n: int) -> int:
-    """A power of two near ``2·sqrt(n)``, with at least 39 training vectors per cell."""
-    target = max(1.0, 2.0 * np.sqrt(n))
-    nlist = 1 << int(np.round(np.log2(target)))
-    while nlist > 1 and nlist * 39 > n:
-        nlist //= 2
-    return nlist
-
-
-def default_nprobe(nlist: int) -> int:
-    """Cells visited per query: ``max(128, nlist/16)``, at most ``nlist``.
-
-    On clustered 384-d vectors (bench/index.py) 128 probes gave recall@10 ≈ 0.96 both at 100k
-    vectors (512 cells) and at 1M (2,048 cells), at 0.4 and 1.7 ms per query on one thread.
-    """
-    return min(nlist, max(128, nlist // 16))
-
-
-def default_pq_m(dim: int) -> int:
-    """The largest divisor of ``dim`` not above ``dim/4`` (four dims per 4-bit sub-quantizer)."""
-    target = max(1, dim // 4)
-    for m in range(target, 0, -1):
-        if dim % m == 0:
-            return m
-    return 1  # pragma: no cover - 1 always divides
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - a declared dependency of the ml extra
-        raise VectorIndexError("faiss is not installed; install ehrembed[ml] (faiss-cpu) or faiss-gpu") from exc
-    return faiss
-
-
-def gpu_available() -> bool:
-    """Whether this FAISS build has GPU support and sees a GPU."""
-    faiss = _faiss()
-    try:
-        return bool(hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
-    except Exception:  # pragma: no cover - a broken CUDA runtime means CPU
-        return False
-
-
-def _normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class VectorIndex:
@@ -335,27 +190,7 @@ class VectorIndex:
         return self._index
 
     def _new_index(self, kind: str, n: int) -> Any:
-        faiss = _faiss()
-        if kind == "flat":
-            return faiss.IndexFlatIP(self.dim)
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = self.params.ef_construction
-            index.hnsw.efSearch = self.params.ef_search
-            return index
-        nlist = self.params.nlist or default_nlist(n)
-        pq_m = self.params.pq_m or default_pq_m(self.dim)
-        if self.dim % pq_m:
-            raise VectorIndexError(f"pq_m={pq_m} must divide the dim {self.dim}")
-        refine = "" if self.params.refine == "none" else f",Refine({self.params.refine})"
-        description = f"IVF{nlist},PQ{pq_m}x4fs{refine}"
-        try:
-            index = faiss.index_factory(self.dim, description, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            raise VectorIndexError(f"cannot make FAISS index {description!r}: {_faiss_message(exc)}") from exc
-        self.params = dataclasses.replace(
-            self.params, nlist=nlist, pq_m=pq_m, nprobe=min(nlist, self.params.nprobe or default_nprobe(nlist))
-        )
+        index, self.params = new_faiss_index(kind, self.dim, n, self.params)
         return index
 
     def _train(self, vectors: np.ndarray) -> None:
@@ -665,32 +500,10 @@ class VectorIndex:
 
     def _exhaustive(self, widen: int) -> bool:
         """Whether a search with this widening visits every row (so a short result is final)."""
-        if self.kind == "flat":
-            return True
-        if self.kind == "hnsw":
-            return self.params.ef_search * widen >= self.ntotal
-        nlist, nprobe = self.params.nlist or 1, self.params.nprobe or 1
-        return nprobe * widen >= nlist
+        return exhaustive(self.kind, self.params, self.ntotal, widen)
 
     def _search_params(self, fetch: int, widen: int, selector: Any) -> Any:
-        faiss = _faiss()
-        if self.kind == "flat":
-            return None if selector is None else faiss.SearchParameters(sel=selector)
-        if self.kind == "hnsw":
-            ef = max(fetch, self.params.ef_search * widen)
-            params = faiss.SearchParametersHNSW(efSearch=int(min(ef, max(self.ntotal, fetch))))
-        else:
-            nlist = self.params.nlist or 1
-            nprobe = int(min(nlist, (self.params.nprobe or 1) * widen))
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            if selector is not None:
-                params.sel = selector
-            if self.params.refine != "none":
-                return faiss.IndexRefineSearchParameters(k_factor=float(self.params.k_factor), base_index_params=params)
-            return params
-        if selector is not None:
-            params.sel = selector
-        return params
+        return search_parameters(self.kind, self.params, self.ntotal, fetch, widen, selector)
 
     def _raw_search(
         self, q: np.ndarray, fetch: int, widen: int, gpu: Any, use_selector: bool
@@ -730,158 +543,23 @@ class VectorIndex:
     # --- persistence ----------------------------------------------------------------------------
 
     def metadata(self, *, index_sha256: str | None = None, index_bytes: int | None = None) -> dict[str, Any]:
-        faiss = _faiss()
-        return {
-            "format": FORMAT,
-            "dim": self.dim,
-            "metric": METRIC,
-            "kind": self.kind,
-            "requested_kind": self.requested_kind,
-            "normalize": self.normalize,
-            "params": self.params.to_dict(),
-            "spec": self.spec.to_dict() if self.spec is not None else None,
-            "spec_fingerprint": self.spec.fingerprint() if self.spec is not None else None,
-            "count": self.ntotal,
-            "live": len(self),
-            "removed": self.removed,
-            "index_file": INDEX_FILE,
-            "index_sha256": index_sha256,
-            "index_bytes": index_bytes,
-            "faiss_version": getattr(faiss, "__version__", None),
-            "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
-            "extra": self.extra,
-        }
+        """The ``index.json`` sidecar (see :mod:`~ehrembed.retrieval.index.storage`)."""
+        return index_metadata(self, index_sha256=index_sha256, index_bytes=index_bytes)
 
     def save(self, path: Path | str, *, overwrite: bool = True) -> Path:
         """Write the index folder atomically; a failure leaves any previous index at ``path`` intact."""
-        if self._index is None:
-            raise VectorIndexError("the index is empty; add vectors before saving")
-        faiss = _faiss()
-        path = Path(path)
-        with atomic_dir(path, overwrite=overwrite) as tmp:
-            partial = tmp / f"{INDEX_FILE}.partial"
-            faiss.write_index(self._index, str(partial))
-            os.replace(partial, tmp / INDEX_FILE)
-            self.rows(include_removed=True).write_parquet(tmp / ROWS_FILE)
-            digest = sha256_file(tmp / INDEX_FILE)
-            size = (tmp / INDEX_FILE).stat().st_size
-            meta = self.metadata(index_sha256=digest, index_bytes=size)
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        return path
+        return save_index(self, path, overwrite=overwrite)
 
     @classmethod
     def load(
         cls, path: Path | str, *, spec: EncoderSpec | None = None, use_gpu: bool | None = None, verify: bool = True
     ) -> VectorIndex:
         """Read an index folder, verifying its checksum (and, with ``spec``, that it matches that encoder)."""
-        faiss = _faiss()
-        path = Path(path)
-        restore_interrupted(path)
-        if not path.exists():
-            raise VectorIndexError(f"index {path} not found")
-        meta_path, index_path, rows_path = path / META_FILE, path / INDEX_FILE, path / ROWS_FILE
-        if not path.is_dir() or not meta_path.is_file():
-            raise VectorIndexError(f"{path} is not an index folder (no {META_FILE}); build one with `ehrembed index`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VectorIndexError(f"{meta_path} is not valid JSON ({exc}); rebuild the index") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "dim" not in meta or "kind" not in meta:
-            found = meta.get("format") if isinstance(meta, dict) else None
-            raise VectorIndexError(
-                f"{path}: not an index sidecar of format {FORMAT} (found {found!r}); rebuild the index"
-            )
-        if not index_path.is_file() or index_path.stat().st_size == 0:
-            raise VectorIndexError(f"{index_path} is missing or empty; rebuild the index")
-        if verify and sha256_file(index_path) != meta.get("index_sha256"):
-            raise VectorIndexError(
-                f"{index_path} is corrupt (its checksum differs from {META_FILE}); rebuild the index"
-            )
-        try:
-            raw = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise VectorIndexError(f"{index_path} is not a readable FAISS index: {_faiss_message(exc)}") from exc
-        dim = int(meta["dim"])
-        if raw.d != dim:
-            raise VectorIndexError(f"{index_path} holds {raw.d}-d vectors but {META_FILE} says {dim}")
-        try:
-            rows = pl.read_parquet(rows_path)
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise VectorIndexError(f"{rows_path} is missing or unreadable ({exc}); rebuild the index") from exc
-        if rows.height != raw.ntotal:
-            raise VectorIndexError(
-                f"{path}: {rows.height} rows in {ROWS_FILE} but {raw.ntotal} vectors in {INDEX_FILE}"
-            )
-        stored_spec = EncoderSpec.from_dict(meta["spec"]) if meta.get("spec") else None
-        index = cls(
-            dim,
-            str(meta.get("requested_kind") or meta["kind"]),
-            spec=stored_spec,
-            normalize=bool(meta.get("normalize", True)),
-            params=IndexParams.from_dict(meta.get("params") or {}),
-            use_gpu=use_gpu,
-            extra=meta.get("extra") or {},
-        )
-        index._kind = meta["kind"]
-        index._index = raw
-        index._ids = rows.get_column(ID).to_numpy().astype(np.int64)
-        index._subjects = rows.get_column(s.SUBJECT_ID).to_numpy().astype(np.int64)
-        index._times = rows.get_column(PREDICTION_TIME).cast(pl.Datetime("us")).to_numpy().astype("datetime64[us]")
-        index._removed = rows.get_column(REMOVED).to_numpy().astype(bool)
+        meta, raw, rows = read_index(path, verify=verify)
+        kind = str(meta.get("requested_kind") or meta["kind"])
+        index = cls(int(meta["dim"]), kind, use_gpu=use_gpu, **index_arguments(meta))
+        index._kind, index._index = meta["kind"], raw
+        index._ids, index._subjects, index._times, index._removed = row_arrays(rows)
         index._invalidate()
         index.check_spec(spec)
         return index
-
-
-@dataclass(frozen=True)
-class IndexBuildReport:
-    """What :func:`build_index` did."""
-
-    out: Path
-    kind: str
-    rows: int
-    dim: int
-    seconds: float
-    index_bytes: int
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["out"] = str(self.out)
-        data["seconds"] = round(self.seconds, 3)
-        return data
-
-
-def build_index(
-    embeddings: EmbeddingSet,
-    out: Path | str,
-    *,
-    kind: IndexKind | str = "auto",
-    params: IndexParams | None = None,
-    progress: Progress | None = None,
-) -> IndexBuildReport:
-    """Index an embedding set and save it at ``out`` (atomically: a failed build keeps any old index)."""
-    import time
-
-    started = time.perf_counter()
-    index = VectorIndex.from_embeddings(embeddings, kind=kind, params=params, progress=progress)
-    out = index.save(out)
-    meta = json.loads((Path(out) / META_FILE).read_text())
-    return IndexBuildReport(
-        out=Path(out),
-        kind=index.kind,
-        rows=len(index),
-        dim=index.dim,
-        seconds=time.perf_counter() - started,
-        index_bytes=int(meta["index_bytes"]),
-        params=index.params.to_dict(),
-    )
-
-
-def _faiss_message(exc: BaseException) -> str:
-    """FAISS errors carry a C++ trace; keep the first meaningful line."""
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "Error" in line or "error" in line or "failed" in line:
-            return line.strip()
-    return text.splitlines()[0] if text else type(exc).__name__
