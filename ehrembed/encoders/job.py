@@ -122,10 +122,8 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
             )
     serializer_config = dataclasses.replace(config.serializer, max_tokens=budget)
     appendix = None
-    if config.guidelines is not None:
-        from ehrembed.retrieval.augment import GuidelineAugmenter
-
-        appendix = GuidelineAugmenter(config.guidelines)
+    if config.guidelines is not None:  # the settings build their appendix: encoders need not import retrieval
+        appendix = config.guidelines.augmenter()
     return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder), appendix=appendix)
 
 

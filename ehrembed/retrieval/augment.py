@@ -62,6 +62,10 @@ class GuidelineAugmentation:
     max_passage_chars: int = 200
     heading: str = "Relevant Guidelines"
 
+    def augmenter(self) -> GuidelineAugmenter:
+        """The appendix these settings describe, its knowledge base loaded (what the embed job calls)."""
+        return GuidelineAugmenter(self)
+
     def __post_init__(self) -> None:
         if self.k < 1:
             raise GuidelineError(f"k must be >= 1, got {self.k}")
