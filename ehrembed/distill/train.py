@@ -520,51 +520,43 @@ def distill(
 
     if resuming:
         state = _resume_state(checkpoints, trainable, optimizer, config, fingerprint)
-        resumed_from: int | None = int(state["step"])
+        resumed_from: int | None = state.step
     else:
         initial = evaluate_agreement(student, val_texts, val_teacher, batch_size=config.eval_batch_size)
         best_dir = ckpt.save_best(checkpoints, trainable, 0)
-        state = {
-            "step": 0,
-            "epoch": 0,
-            "batch_in_epoch": 0,
-            "running": {},
-            "history": [],
-            "initial": dataclasses.asdict(initial),
-            "best_epoch": 0,
-            "best_score": _score(initial, config),
-            "best_agreement": dataclasses.asdict(initial),
-            "best_dir": best_dir,
-            "bad_epochs": 0,
-            "stopped_early": False,
-            "config": config.to_dict(),
-            "data_fingerprint": fingerprint,
-            "n_train": n_train,
-            "n_val": len(val_texts),
-        }
+        state = ckpt.TrainState(
+            config=config.to_dict(),
+            data_fingerprint=fingerprint,
+            n_train=n_train,
+            n_val=len(val_texts),
+            initial=dataclasses.asdict(initial),
+            best_score=_score(initial, config),
+            best_agreement=dataclasses.asdict(initial),
+            best_dir=best_dir,
+        )
         resumed_from = None
         if progress:
-            progress(DistillEvent("eval", 0, 0, total_steps, metrics=dict(state["initial"])))
+            progress(DistillEvent("eval", 0, 0, total_steps, metrics=dict(state.initial)))
     if progress:
-        progress(DistillEvent("start", int(state["epoch"]) + 1, int(state["step"]), total_steps))
+        progress(DistillEvent("start", state.epoch + 1, state.step, total_steps))
 
     def save_checkpoint() -> None:
         ckpt.save_checkpoint(checkpoints, trainable, optimizer, state)
         if progress:
-            progress(DistillEvent("checkpoint", int(state["epoch"]) + 1, int(state["step"]), total_steps))
+            progress(DistillEvent("checkpoint", state.epoch + 1, state.step, total_steps))
 
     student.train()
     epoch_started = time.monotonic()
-    while state["epoch"] < config.epochs:
-        if config.patience is not None and state["bad_epochs"] >= config.patience:
-            state["stopped_early"] = True
+    while state.epoch < config.epochs:
+        if config.patience is not None and state.bad_epochs >= config.patience:
+            state.stopped_early = True
             break
-        epoch = int(state["epoch"])
+        epoch = state.epoch
         order = np.random.default_rng(config.seed + epoch).permutation(n_train)
-        running: dict[str, float] = state["running"]
-        for b in range(int(state["batch_in_epoch"]), steps_per_epoch):
+        running: dict[str, float] = state.running
+        for b in range(state.batch_in_epoch, steps_per_epoch):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            lr = config.lr * _lr_factor(int(state["step"]), total_steps, warmup)
+            lr = config.lr * _lr_factor(state.step, total_steps, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, terms = _loss(student, soft_module, train_texts, train_teacher, hard, soft, base, idx, config, device)
@@ -573,58 +565,54 @@ def distill(
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
             optimizer.step()
-            state["step"] = int(state["step"]) + 1
-            state["batch_in_epoch"] = b + 1
+            state.step += 1
+            state.batch_in_epoch = b + 1
             running["n"] = running.get("n", 0.0) + len(idx)
             running["loss"] = running.get("loss", 0.0) + float(loss.detach()) * len(idx)
             for name, value in terms.items():
                 running[name] = running.get(name, 0.0) + value * len(idx)
-            state["running"] = running
-            state["lr"] = lr
+            state.running = running
+            state.lr = lr
             every = config.checkpoint_every_steps
-            if every and state["step"] % every == 0 and b + 1 < steps_per_epoch:
+            if every and state.step % every == 0 and b + 1 < steps_per_epoch:
                 save_checkpoint()
             if progress:
-                progress(DistillEvent("step", epoch + 1, int(state["step"]), total_steps, loss=float(loss.detach())))
+                progress(DistillEvent("step", epoch + 1, state.step, total_steps, loss=float(loss.detach())))
 
         agreement = evaluate_agreement(student, val_texts, val_teacher, batch_size=config.eval_batch_size)
         count = max(running.get("n", 0.0), 1.0)
         record = EpochRecord(
             epoch=epoch + 1,
-            step=int(state["step"]),
+            step=state.step,
             train_loss=running.get("loss", 0.0) / count,
             train_terms={k: v / count for k, v in running.items() if k not in ("n", "loss")},
             val_mse=agreement.mse,
             val_cosine=agreement.cosine,
             val_overlap=agreement.overlap,
-            lr=float(state.get("lr", config.lr)),
+            lr=float(state.lr if state.lr is not None else config.lr),
             seconds=time.monotonic() - epoch_started,
         )
         epoch_started = time.monotonic()
-        state["history"].append(dataclasses.asdict(record))
-        if _is_better(agreement, float(state["best_score"]), config):
-            state.update(
-                best_epoch=epoch + 1,
-                best_score=_score(agreement, config),
-                best_agreement=dataclasses.asdict(agreement),
-                best_dir=ckpt.save_best(checkpoints, trainable, epoch + 1),
-                bad_epochs=0,
-            )
+        state.history.append(dataclasses.asdict(record))
+        if _is_better(agreement, state.best_score, config):
+            state.best_epoch = epoch + 1
+            state.best_score = _score(agreement, config)
+            state.best_agreement = dataclasses.asdict(agreement)
+            state.best_dir = ckpt.save_best(checkpoints, trainable, epoch + 1)
+            state.bad_epochs = 0
         else:
-            state["bad_epochs"] = int(state["bad_epochs"]) + 1
-        state.update(epoch=epoch + 1, batch_in_epoch=0, running={})
+            state.bad_epochs += 1
+        state.epoch, state.batch_in_epoch, state.running = epoch + 1, 0, {}
         if progress:
-            progress(
-                DistillEvent("eval", epoch + 1, int(state["step"]), total_steps, metrics=dataclasses.asdict(agreement))
-            )
+            progress(DistillEvent("eval", epoch + 1, state.step, total_steps, metrics=dataclasses.asdict(agreement)))
         save_checkpoint()
 
     # The best weights go into the student, then into the final folder.
-    ckpt.load_weights(trainable, checkpoints / str(state["best_dir"]))
+    ckpt.load_weights(trainable, checkpoints / str(state.best_dir))
     student.eval()
-    history = tuple(EpochRecord(**row) for row in state["history"])
-    initial_agreement = Agreement(**state["initial"])
-    final_agreement = Agreement(**state["best_agreement"])
+    history = tuple(EpochRecord(**row) for row in state.history)
+    initial_agreement = Agreement(**state.initial)
+    final_agreement = Agreement(**state.best_agreement)
     card = _card(
         student,
         config,
@@ -638,16 +626,16 @@ def distill(
     )
     _write_final(out_dir, checkpoints, student, soft_module, card, keep_checkpoints=config.keep_checkpoints)
     if progress:
-        progress(DistillEvent("done", int(state["epoch"]), int(state["step"]), total_steps, metrics=card["metrics"]))
+        progress(DistillEvent("done", state.epoch, state.step, total_steps, metrics=card["metrics"]))
     return DistillResult(
         out_dir=out_dir,
         history=history,
-        best_epoch=int(state["best_epoch"]),
+        best_epoch=state.best_epoch,
         initial=initial_agreement,
         final=final_agreement,
-        steps=int(state["step"]),
+        steps=state.step,
         resumed_from_step=resumed_from,
-        stopped_early=bool(state["stopped_early"]),
+        stopped_early=state.stopped_early,
         n_train=n_train,
         n_val=len(val_texts),
         seconds=time.monotonic() - started,
@@ -708,11 +696,11 @@ def _resume_state(
     optimizer: torch.optim.Optimizer,
     config: DistillConfig,
     fingerprint: str,
-) -> dict[str, Any]:
+) -> ckpt.TrainState:
     saved = ckpt.read_state(checkpoints)
-    if saved.get("data_fingerprint") != fingerprint:
+    if saved.data_fingerprint != fingerprint:
         raise DistillError("the checkpoint was trained on other data (fingerprint differs); cannot resume")
-    old = saved.get("config", {})
+    old = saved.config
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS and old.get(k) != v)
     if changed:
         raise DistillError(f"cannot resume with a changed recipe: {', '.join(changed)} differ from the checkpoint")
@@ -720,7 +708,7 @@ def _resume_state(
         state = ckpt.load_checkpoint(checkpoints, trainable, optimizer)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise DistillError(f"checkpoint in {checkpoints} does not fit this student: {exc}") from exc
-    state["config"] = config.to_dict()
+    state.config = config.to_dict()
     return state
 
 
@@ -777,7 +765,7 @@ def _output_dim(student: SentenceTransformer) -> int | None:
 def _card(
     student: SentenceTransformer,
     config: DistillConfig,
-    state: dict[str, Any],
+    state: ckpt.TrainState,
     teacher_info: dict[str, Any],
     fingerprint: str,
     *,
@@ -817,18 +805,16 @@ def _card(
         },
         "losses": losses,
         "metrics": {
-            "initial": state["initial"],
-            "final": state["best_agreement"],
-            "best_epoch": state["best_epoch"],
+            "initial": state.initial,
+            "final": state.best_agreement,
+            "best_epoch": state.best_epoch,
             "monitor": config.monitor,
-            "steps": state["step"],
-            "epochs_run": state["epoch"],
-            "stopped_early": state["stopped_early"],
+            "steps": state.step,
+            "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early,
             "resumed_from_step": resumed_from,
         },
-        "history": [
-            {k: v for k, v in row.items() if k != "train_terms"} | row["train_terms"] for row in state["history"]
-        ],
+        "history": [{k: v for k, v in row.items() if k != "train_terms"} | row["train_terms"] for row in state.history],
         "config": config.to_dict(),
         "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

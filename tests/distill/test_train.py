@@ -231,3 +231,22 @@ def test_projection_fit_and_base_retention(tiny_bert_dir: Path, toy_data: dict[s
     assert by_overlap.initial.overlap is not None
     overlaps = [by_overlap.initial.overlap, *(r.val_overlap for r in by_overlap.history)]
     assert by_overlap.final.overlap == max(o for o in overlaps if o is not None)
+
+
+def test_the_train_state_is_typed_and_versioned() -> None:
+    from ehrembed.distill.checkpoint import STATE_VERSION, TrainState
+    from ehrembed.errors import InputError
+
+    state = TrainState(
+        config={"lr": 1e-4}, data_fingerprint="abc", n_train=4, n_val=1, initial={"cosine": 0.5},
+        best_score=0.5, best_agreement={"cosine": 0.5}, best_dir="best-e000",
+    )  # fmt: skip
+    state.step += 3
+    again = TrainState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state and again.version == STATE_VERSION
+    legacy = {k: v for k, v in state.to_dict().items() if k not in ("version", "lr")}  # written before versioning
+    assert TrainState.from_dict(legacy).step == 3
+    with pytest.raises(InputError, match="version 99"):
+        TrainState.from_dict({**state.to_dict(), "version": 99})
+    with pytest.raises(InputError, match="lacks data_fingerprint"):
+        TrainState.from_dict({k: v for k, v in state.to_dict().items() if k != "data_fingerprint"})
