@@ -212,3 +212,11 @@ def test_one_name_per_concept(command: list[str], spelling: str) -> None:
 )
 def test_enums_and_bounds_refuse_bad_values_with_exit_2(args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
+
+
+def test_key_and_schema_commands_speak_json() -> None:
+    created = json.loads(runner.invoke(app, ["keys", "create", "--name", "j", "--json"]).stdout)
+    revoked = runner.invoke(app, ["keys", "revoke", str(created["id"]), "--json"])
+    assert revoked.exit_code == 0 and json.loads(revoked.stdout)["name"] == "j"
+    current = runner.invoke(app, ["db", "current", "--json"])
+    assert current.exit_code == 0 and "revision" in json.loads(current.stdout)

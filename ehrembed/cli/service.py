@@ -66,14 +66,18 @@ def keys_list_cmd(
 
 
 @keys_app.command("revoke")
-def keys_revoke_cmd(key: Annotated[str, typer.Argument(help="Key id or name.")]) -> None:
+def keys_revoke_cmd(key: Annotated[str, typer.Argument(help="Key id or name.")], as_json: JsonFlag = False) -> None:
     """Revoke a key (it stops working within 10 seconds on a running service)."""
     from ehrembed.store.db import catalog
     from ehrembed.store.repository import revoke_api_key
 
     with user_errors(), catalog() as session:
         row = revoke_api_key(session, int(key) if key.isdigit() else key)
-        out_console.print(f"revoked key {row.name!r} (id {row.id})")
+        data = {"id": row.id, "name": row.name, "revoked_at": row.revoked_at}
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(f"revoked key {data['name']!r} (id {data['id']})")
 
 
 @app.command("serve")
@@ -100,7 +104,7 @@ app.add_typer(db_app, name="db")
 
 
 @db_app.command("upgrade")
-def db_upgrade_cmd() -> None:
+def db_upgrade_cmd(as_json: JsonFlag = False) -> None:
     """Migrate the store (EHREMBED_DATABASE_URL, else the SQLite file under EHREMBED_HOME) to the newest schema."""
     from ehrembed.store.db import current_revision, make_engine, migrate
 
@@ -110,15 +114,22 @@ def db_upgrade_cmd() -> None:
         migrate(engine)
         after = current_revision(engine)
     engine.dispose()
+    if as_json:
+        print_json({"before": before, "after": after})
+        return
     out_console.print(f"schema revision {before or 'none'} → {after}")
 
 
 @db_app.command("current")
-def db_current_cmd() -> None:
+def db_current_cmd(as_json: JsonFlag = False) -> None:
     """Print the store's schema revision ('none' before the first migration)."""
     from ehrembed.store.db import current_revision, make_engine
 
     engine = make_engine()
     with user_errors():
-        print(current_revision(engine) or "none")
+        revision = current_revision(engine)
     engine.dispose()
+    if as_json:
+        print_json({"revision": revision})
+        return
+    print(revision or "none")
