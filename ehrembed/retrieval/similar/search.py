@@ -1,27 +1,9 @@
-"""Similar-patient search: the nearest patients to a subject (or to a record text) in a VectorIndex.
-
-A query is a subject in the index (by default its latest row; ``as_of`` picks another row, or,
-with an encoder, embeds the record as of that time), or an inline record text embedded with the
-index's encoder. The query patient never appears among its own neighbours, and each neighbour is
-one patient (its best-scoring row).
-
-Filters (split, sex, age at the neighbour's prediction time, codes recorded at or before it) are
-applied after the vector search: the search over-fetches, filters, and widens until ``k``
-patients pass or the index is exhausted. Per-subject attributes (split, sex, birth) are read from
-the MEDS dataset once per :class:`SimilarPatients`.
-
-Each neighbour comes with a short explanation: the conditions, medications and procedures it
-shares with the query patient, described through the dataset's :class:`Vocabulary`, counting only
-events at or before each patient's own as-of time (no leakage from either record's future). For a
-text query, the neighbour's codes whose descriptions appear in the text count as shared.
-"""
+"""The search: nearest patients to a subject, a text or a vector, filtered, widened and explained."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,240 +14,17 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import EmbeddingSet
-from ehrembed.errors import InputError
 from ehrembed.retrieval.index import VectorIndex, VectorIndexError
-
-EXPLAINED_DOMAINS: tuple[s.Domain, ...] = (s.Domain.CONDITION, s.Domain.DRUG, s.Domain.PROCEDURE)
-SEXES: dict[str, str] = {"f": "F", "female": "F", "m": "M", "male": "M", "o": "O", "other": "O", "u": "U"}
-_DAYS_PER_YEAR = 365.25
-_MIN_TEXT_MATCH = 4  # shortest description matched inside a query text
-
-
-class SimilarError(InputError):
-    """A similar-patient query cannot be answered as asked (unknown subject, bad filter, no encoder)."""
-
-
-@dataclass(frozen=True)
-class SimilarFilters:
-    """Conditions every neighbour must meet (all optional).
-
-    ``splits``: the neighbour's split is one of these; ``sex``: ``F`` / ``M`` (from the ``Gender/*``
-    code); ``min_age`` / ``max_age``: age in years at the neighbour's prediction time (inclusive);
-    ``has_codes``: each code occurs in the neighbour's record at or before its prediction time.
-    """
-
-    splits: tuple[str, ...] = ()
-    sex: str | None = None
-    min_age: float | None = None
-    max_age: float | None = None
-    has_codes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        splits = tuple(str(v) for v in self.splits)
-        known = {split.value for split in s.Split}
-        for value in splits:
-            if value not in known:
-                raise SimilarError(f"split must be one of {', '.join(sorted(known))}; got {value!r}")
-        object.__setattr__(self, "splits", splits)
-        if self.sex is not None:
-            sex = SEXES.get(str(self.sex).strip().lower())
-            if sex is None:
-                raise SimilarError(f"sex must be F or M; got {self.sex!r}")
-            object.__setattr__(self, "sex", sex)
-        for name in ("min_age", "max_age"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise SimilarError(f"{name} must be at least 0, got {value}")
-        if self.min_age is not None and self.max_age is not None and self.min_age > self.max_age:
-            raise SimilarError(f"min_age {self.min_age} is above max_age {self.max_age}")
-        object.__setattr__(self, "has_codes", tuple(dict.fromkeys(str(c) for c in self.has_codes)))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.splits or self.sex or self.min_age is not None or self.max_age is not None or self.has_codes)
-
-
-@dataclass(frozen=True)
-class SharedCode:
-    """A code both records hold, with its description and domain."""
-
-    code: str
-    description: str
-    domain: str
-
-
-def _shared(code: SharedCode) -> dict[str, str]:
-    return {"code": code.code, "description": code.description, "domain": code.domain}
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """What a neighbour shares with the query: up to a few codes per domain and the totals.
-
-    Codes are listed rarest first (fewest patients in the dataset have them), so the telling
-    ones (heart failure) come before the ones nearly everybody shares (a check-up visit).
-    """
-
-    conditions: tuple[SharedCode, ...] = ()
-    medications: tuple[SharedCode, ...] = ()
-    procedures: tuple[SharedCode, ...] = ()
-    n_conditions: int = 0
-    n_medications: int = 0
-    n_procedures: int = 0
-
-    @property
-    def summary(self) -> str:
-        """One line, e.g. ``conditions: Essential hypertension · Type 2 diabetes | medications: metformin``."""
-        parts = []
-        for label, items, total in (
-            ("conditions", self.conditions, self.n_conditions),
-            ("medications", self.medications, self.n_medications),
-            ("procedures", self.procedures, self.n_procedures),
-        ):
-            if items:
-                more = f" (+{total - len(items)} more)" if total > len(items) else ""
-                parts.append(f"{label}: {' · '.join(item.description for item in items)}{more}")
-        return " | ".join(parts) if parts else "no shared conditions, medications or procedures"
-
-    def brief(self, limit: int = 3) -> str:
-        """The first ``limit`` shared items (conditions, then medications, then procedures) and a count of the rest."""
-        items = [*self.conditions, *self.medications, *self.procedures][:limit]
-        total = self.n_conditions + self.n_medications + self.n_procedures
-        if not items:
-            return "-"
-        more = f" (+{total - len(items)})" if total > len(items) else ""
-        return " · ".join(item.description for item in items) + more
-
-
-@dataclass(frozen=True)
-class Neighbor:
-    """One similar patient: its index row, similarity score and attributes at its prediction time."""
-
-    rank: int
-    subject_id: int
-    prediction_time: dt.datetime | None
-    score: float
-    index_id: int
-    split: str | None
-    sex: str | None
-    age: float | None
-    explanation: Explanation
-
-
-@dataclass(frozen=True)
-class SimilarQuery:
-    """What was searched for: a subject's row (id, as-of time) or an inline text."""
-
-    subject_id: int | None
-    as_of: dt.datetime | None
-    index_id: int | None
-    from_text: bool = False
-
-
-@dataclass(frozen=True)
-class SimilarResult:
-    query: SimilarQuery
-    k: int
-    filters: SimilarFilters
-    neighbors: tuple[Neighbor, ...]
-    candidates_scanned: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for neighbor, original in zip(data["neighbors"], self.neighbors, strict=True):
-            neighbor["explanation"]["summary"] = original.explanation.summary
-        return data
-
-    def neighbors_json(self) -> list[dict[str, Any]]:
-        """The neighbours as JSON-ready dicts (times as ISO strings), built directly: the API's hot path."""
-        out = []
-        for n in self.neighbors:
-            e = n.explanation
-            out.append(
-                {
-                    "rank": n.rank,
-                    "subject_id": n.subject_id,
-                    "prediction_time": n.prediction_time.isoformat() if n.prediction_time else None,
-                    "score": n.score,
-                    "split": n.split,
-                    "sex": n.sex,
-                    "age": n.age,
-                    "explanation": {
-                        "conditions": [_shared(c) for c in e.conditions],
-                        "medications": [_shared(c) for c in e.medications],
-                        "procedures": [_shared(c) for c in e.procedures],
-                        "n_conditions": e.n_conditions,
-                        "n_medications": e.n_medications,
-                        "n_procedures": e.n_procedures,
-                        "summary": e.summary,
-                    },
-                }
-            )
-        return out
-
-
-@dataclass(frozen=True)
-class SubjectAttributes:
-    """Split, sex and birth time per subject, as sorted arrays (looked up by ``searchsorted``)."""
-
-    subject_ids: np.ndarray  # int64, sorted
-    splits: np.ndarray  # object (str | None)
-    sexes: np.ndarray  # object (str | None)
-    births: np.ndarray  # datetime64[us], NaT where unknown
-
-    @classmethod
-    def from_dataset(cls, dataset: MedsDataset) -> SubjectAttributes:
-        static = (
-            dataset.scan()
-            .filter(pl.col(s.CODE).str.starts_with("Gender/") | (pl.col(s.CODE) == s.BIRTH_CODE))
-            .select(s.SUBJECT_ID, s.CODE, s.TIME)
-            .collect()
-        )
-        sex = (
-            static.filter(pl.col(s.CODE).str.starts_with("Gender/"))
-            .group_by(s.SUBJECT_ID)
-            .agg(pl.col(s.CODE).first().str.strip_prefix("Gender/").alias("sex"))
-        )
-        birth = (
-            static.filter(pl.col(s.CODE) == s.BIRTH_CODE)
-            .group_by(s.SUBJECT_ID)
-            .agg(pl.col(s.TIME).min().alias("birth"))
-        )
-        frame = (
-            dataset.splits()
-            .select(pl.col(s.SUBJECT_ID).cast(pl.Int64), pl.col(s.SPLIT).cast(pl.String))
-            .join(sex, on=s.SUBJECT_ID, how="full", coalesce=True)
-            .join(birth, on=s.SUBJECT_ID, how="full", coalesce=True)
-            .sort(s.SUBJECT_ID)
-        )
-        return cls(
-            subject_ids=frame.get_column(s.SUBJECT_ID).to_numpy().astype(np.int64),
-            splits=np.asarray(frame.get_column(s.SPLIT).to_list(), dtype=object),
-            sexes=np.asarray(frame.get_column("sex").to_list(), dtype=object),
-            births=frame.get_column("birth").cast(pl.Datetime("us")).to_numpy().astype("datetime64[us]"),
-        )
-
-    def positions(self, subject_ids: np.ndarray) -> np.ndarray:
-        """Row of each subject, -1 where the dataset does not know it."""
-        if not len(self.subject_ids):
-            return np.full(len(subject_ids), -1, dtype=np.int64)
-        where = np.clip(np.searchsorted(self.subject_ids, subject_ids), 0, len(self.subject_ids) - 1)
-        return np.where(self.subject_ids[where] == subject_ids, where, -1)
-
-
-def ages_at(births: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Age in years (float, NaN where either time is unknown)."""
-    delta = (times.astype("datetime64[us]") - births.astype("datetime64[us]")).astype("timedelta64[us]")
-    days = delta.astype(np.float64) / 86_400e6
-    days[np.isnat(delta)] = np.nan
-    return days / _DAYS_PER_YEAR
-
-
-def _to_datetime(value: np.datetime64) -> dt.datetime | None:
-    if np.isnat(value):
-        return None
-    micros = int(value.astype("datetime64[us]").astype(np.int64))
-    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)
+from ehrembed.retrieval.similar.filters import (
+    _MIN_TEXT_MATCH,
+    EXPLAINED_DOMAINS,
+    SimilarError,
+    SimilarFilters,
+    SubjectAttributes,
+    _to_datetime,
+    ages_at,
+)
+from ehrembed.retrieval.similar.results import Explanation, Neighbor, SharedCode, SimilarQuery, SimilarResult
 
 
 class SimilarPatients:
