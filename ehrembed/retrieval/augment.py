@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ehrembed import schema as s
-from ehrembed.ehr.serialize import flag
+from ehrembed.ehr.measurements import flag
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.retrieval.chunking import SECTION_SEPARATOR, clean_markdown
 from ehrembed.retrieval.guidelines import GuidelineError, GuidelineKB, Mode, Passage, reciprocal_rank_fusion

@@ -8,8 +8,9 @@ import random
 import pytest
 
 from ehrembed import schema as s
+from ehrembed.ehr.measurements import flag
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.serialize import SerializeError, Serializer, SerializerConfig, flag
+from ehrembed.ehr.serialize import SerializeError, Serializer, SerializerConfig
 from ehrembed.ehr.tokens import load_token_counter
 from ehrembed.ehr.vocabulary import Vocabulary
 
