@@ -34,317 +34,52 @@ over the new total, so the learning rate rises again from where the new schedule
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import math
-import os
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ehrembed.distill import checkpoint as ckpt
-from ehrembed.distill.card import render_model_card
+from ehrembed.distill.agreement import (
+    OVERLAP_K,
+    _forward_parts,
+    data_fingerprint,
+    encode_body,
+    encode_texts,
+    evaluate_agreement,
+    fit_projection,
+    teacher_agreement,
+)
+from ehrembed.distill.config import (
+    CARD_FILE,
+    CHECKPOINTS,
+    HEAD_FILE,
+    README_FILE,
+    RESUMABLE_FIELDS,
+    Agreement,
+    DistillConfig,
+    DistillError,
+    DistillEvent,
+    DistillProgress,
+    DistillResult,
+    EpochRecord,
+    rich_progress,
+)
 from ehrembed.distill.losses.contrastive import info_nce_loss
 from ehrembed.distill.losses.embedding import mse_and_cosine
 from ehrembed.distill.losses.retention import base_retention_loss
 from ehrembed.distill.losses.soft_label import SoftLabelLoss
-from ehrembed.distill.retention import overlap_at_k
-from ehrembed.errors import InputError
-from ehrembed.fsutil import atomic_dir
-from ehrembed.versions import package_versions
+from ehrembed.distill.output import _card, _write_final
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-CHECKPOINTS = ".checkpoints"
-CARD_FILE = "distill.json"
-README_FILE = "README.md"
-HEAD_FILE = "soft_label_head.json"
-
-# Settings that may change between an interrupted run and its resumption; the rest must match.
-RESUMABLE_FIELDS = frozenset(
-    {"epochs", "patience", "min_delta", "checkpoint_every_steps", "keep_checkpoints", "device", "eval_batch_size"}
-)
-
-
-class DistillError(InputError):
-    """Distillation cannot run as asked (bad inputs, dimension mismatch, nothing to resume)."""
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Recipe for one distillation run."""
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5
-    warmup_ratio: float = 0.1
-    """Fraction of all steps with linear warm-up; linear decay to zero afterwards."""
-    weight_decay: float = 0.01
-    max_grad_norm: float | None = 1.0
-    weight_mse: float = 1.0
-    weight_cosine: float = 1.0
-    weight_contrastive: float = 0.0
-    temperature: float = 0.05
-    weight_soft_label: float = 0.0
-    soft_alpha: float = 0.9
-    """CKD-EHR mix: ``soft_alpha * BCE(hard) + (1 - soft_alpha) * BCE(teacher probabilities)``."""
-    weight_base: float = 0.0
-    """Base retention: the body's pooled embedding is pulled towards the frozen base's (0: off)."""
-    init_projection: bool = False
-    """Start the Dense projection at the ridge regression of the train teacher vectors on the base's
-    pooled embeddings (a fresh random projection at a BERT learning rate barely moves in a few epochs)."""
-    ridge: float = 1e-2
-    """Ridge penalty of that initial fit, relative to the mean eigenvalue of the embeddings' Gram matrix."""
-    max_tokens: int | None = None
-    """Student token budget (``max_seq_length``); ``None`` keeps the student's own."""
-    val_fraction: float = 0.1
-    """Used only when no explicit validation set is given (a random record-level split)."""
-    monitor: Literal["mse", "cosine", "overlap"] = "mse"
-    """Held-out teacher agreement that picks the best epoch: lowest MSE, highest cosine, or highest
-    overlap@10 of nearest-neighbour lists (what similar-patient search and kNN heads feel)."""
-    patience: int | None = 2
-    """Epochs without improvement before stopping; ``None`` never stops early."""
-    min_delta: float = 0.0
-    eval_batch_size: int = 64
-    seed: int = 0
-    checkpoint_every_steps: int = 0
-    """Also checkpoint every N optimizer steps (0: only at epoch ends)."""
-    keep_checkpoints: bool = False
-    device: str | None = None
-    """``None``: CUDA when available, else CPU."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise DistillError("epochs, batch_size and eval_batch_size must be at least 1")
-        if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
-            raise DistillError("lr must be positive and warmup_ratio in [0, 1)")
-        weights = (
-            self.weight_mse, self.weight_cosine, self.weight_contrastive, self.weight_soft_label, self.weight_base
-        )  # fmt: skip
-        if min(weights) < 0 or sum(weights) == 0:
-            raise DistillError("loss weights must be non-negative and not all zero")
-        if self.temperature <= 0 or not 0.0 <= self.soft_alpha <= 1.0:
-            raise DistillError("temperature must be positive and soft_alpha in [0, 1]")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise DistillError("val_fraction must lie in (0, 1)")
-        if self.patience is not None and self.patience < 1:
-            raise DistillError("patience must be at least 1 (or None to never stop early)")
-        if self.checkpoint_every_steps < 0:
-            raise DistillError("checkpoint_every_steps must be >= 0")
-        if self.monitor not in ("mse", "cosine", "overlap"):
-            raise DistillError(f"monitor must be mse, cosine or overlap, not {self.monitor!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def keeping_base(cls, **overrides: Any) -> DistillConfig:
-        """The recipe the CLI and the main job use: the projection starts at the ridge fit, a base-retention
-        term keeps the body near the base, and tuning overlap@10 with the teacher picks the epoch.
-
-        On Eunomia's tuning split (the main job's teacher vectors) it kept the neighbourhoods better than the
-        undistilled student (held-out overlap@10 0.355 vs 0.285, cosine 0.993) where plain regression fell
-        below it (0.26), and its logistic-head AUROC at k=all rose from 0.636 to 0.782.
-        """
-        recipe: dict[str, Any] = {"weight_base": 1.0, "init_projection": True, "monitor": "overlap"}
-        return cls(**{**recipe, **overrides})
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Held-out teacher agreement: per-element MSE, mean row cosine, and mean overlap@10 of
-    nearest-neighbour lists (None where too few records)."""
-
-    mse: float
-    cosine: float
-    overlap: float | None = None
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    step: int
-    train_loss: float
-    train_terms: dict[str, float]
-    val_mse: float
-    val_cosine: float
-    lr: float
-    seconds: float
-    val_overlap: float | None = None
-
-
-@dataclass(frozen=True)
-class DistillEvent:
-    """What a progress callback hears: ``start``, ``step``, ``eval``, ``checkpoint`` or ``done``."""
-
-    kind: Literal["start", "step", "eval", "checkpoint", "done"]
-    epoch: int
-    step: int
-    total_steps: int
-    loss: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-DistillProgress = Callable[[DistillEvent], None]
-
-
-@dataclass(frozen=True)
-class DistillResult:
-    out_dir: Path
-    history: tuple[EpochRecord, ...]
-    best_epoch: int
-    """0 means no epoch beat the untrained student (which is then what was saved)."""
-    initial: Agreement
-    final: Agreement
-    """Agreement of the saved (best) weights."""
-    steps: int
-    resumed_from_step: int | None
-    stopped_early: bool
-    n_train: int
-    n_val: int
-    seconds: float
-    card: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _features(student: SentenceTransformer, texts: Sequence[str], device: torch.device) -> dict[str, Any]:
-    prepare = getattr(student, "preprocess", None) or student.tokenize
-    features = prepare(list(texts))
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-
-
-def _forward(student: SentenceTransformer, texts: Sequence[str], device: torch.device) -> torch.Tensor:
-    out: torch.Tensor = student(_features(student, texts, device))["sentence_embedding"]
-    return out
-
-
-def _forward_parts(
-    student: SentenceTransformer, texts: Sequence[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's output and its body's pooled embedding (the first ``sentence_embedding``, before
-    any Dense projection or normalisation)."""
-    features = _features(student, texts, device)
-    body: torch.Tensor | None = None
-    for module in student:
-        features = module(features)
-        if body is None and "sentence_embedding" in features:
-            body = features["sentence_embedding"]
-    if body is None:
-        raise DistillError("the student produced no sentence_embedding")
-    return features["sentence_embedding"], body
-
-
-def encode_body(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """The body's pooled embeddings for ``texts`` (float32, eval mode): the base-retention targets."""
-    return _encode_eval(student, texts, batch_size, lambda batch, device: _forward_parts(student, batch, device)[1])
-
-
-def encode_texts(student: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """Student output (unnormalised ``sentence_embedding``) for ``texts`` as float32, in eval mode."""
-    return _encode_eval(student, texts, batch_size, lambda batch, device: _forward(student, batch, device))
-
-
-@torch.no_grad()
-def _encode_eval(
-    student: SentenceTransformer,
-    texts: Sequence[str],
-    batch_size: int,
-    forward: Callable[[Sequence[str], torch.device], torch.Tensor],
-) -> np.ndarray:
-    was_training = student.training
-    student.eval()
-    device = next(student.parameters()).device
-    try:
-        chunks = [
-            forward(texts[i : i + batch_size], device).float().cpu().numpy() for i in range(0, len(texts), batch_size)
-        ]
-    finally:
-        student.train(was_training)
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def fit_projection(student: SentenceTransformer, body: np.ndarray, teacher: np.ndarray, *, ridge: float) -> bool:
-    """Set the student's first Dense module to the ridge regression of ``teacher`` on ``body`` (with bias).
-
-    Returns False (and changes nothing) when the student has no Dense module of the right shape.
-    """
-    dense = next((m for m in student if type(m).__name__ == "Dense"), None)
-    linear = getattr(dense, "linear", None)
-    if not isinstance(linear, nn.Linear) or linear.in_features != body.shape[1]:
-        return False
-    if linear.out_features != teacher.shape[1]:
-        return False
-    x = body.astype(np.float64)
-    y = np.asarray(teacher, dtype=np.float64)
-    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = x - mean_x, y - mean_y
-    gram = xc.T @ xc
-    penalty = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
-    weights = np.linalg.solve(gram + penalty * np.eye(gram.shape[0]), xc.T @ yc)  # (in, out)
-    bias = mean_y - mean_x @ weights
-    with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(weights.T, dtype=linear.weight.dtype))
-        if linear.bias is not None:
-            linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
-    return True
-
-
-def teacher_agreement(student_vectors: np.ndarray, teacher: np.ndarray) -> Agreement:
-    """Per-element MSE and mean row cosine between student outputs and teacher vectors."""
-    if student_vectors.shape != teacher.shape:
-        raise DistillError(
-            f"student output has shape {student_vectors.shape} but the teacher vectors {teacher.shape}; "
-            "give the student a Dense projection to the teacher's dimension "
-            "(ehrembed.encoders.student.build_student_for_distillation does this)"
-        )
-    s = student_vectors.astype(np.float64)
-    t = np.asarray(teacher, dtype=np.float64)
-    mse = float(np.mean((s - t) ** 2))
-    denom = np.maximum(np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1), 1e-12)
-    cosine = float(np.mean(np.sum(s * t, axis=1) / denom))
-    k = min(OVERLAP_K, len(t) - 1)
-    overlap = float(overlap_at_k(t, s, k).mean()) if k >= 1 else None
-    return Agreement(mse=mse, cosine=cosine, overlap=overlap)
-
-
-OVERLAP_K = 10
-"""Neighbours compared by the overlap agreement (fewer when the validation set is smaller)."""
-
-
-def evaluate_agreement(
-    student: SentenceTransformer, texts: Sequence[str], teacher: np.ndarray, *, batch_size: int = 64
-) -> Agreement:
-    """Encode ``texts`` with the student and compare with ``teacher``."""
-    return teacher_agreement(encode_texts(student, texts, batch_size=batch_size), teacher)
-
-
-def data_fingerprint(texts: Sequence[str], vectors: np.ndarray, *extra: np.ndarray | None) -> str:
-    """Short SHA-256 of texts, teacher vectors and any label arrays (order matters)."""
-    digest = hashlib.sha256()
-    digest.update(f"{len(texts)}\0".encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    for array in (vectors, *extra):
-        if array is None:
-            digest.update(b"none\0")
-            continue
-        arr = np.ascontiguousarray(array, dtype=np.float32)
-        digest.update(f"{arr.shape}\0".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _check_pair(texts: Sequence[str], vectors: np.ndarray, what: str) -> np.ndarray:
@@ -410,28 +145,28 @@ def _score(value: Agreement, config: DistillConfig) -> float:
     return value.mse if config.monitor == "mse" else value.cosine
 
 
-@contextlib.contextmanager
-def rich_progress(description: str = "distilling") -> Iterator[DistillProgress]:
-    """A rich progress bar over optimizer steps that logs each held-out evaluation."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays free for --json output
-        task = bar.add_task(description, total=None)
-
-        def update(event: DistillEvent) -> None:
-            if event.kind == "start":
-                bar.update(task, total=event.total_steps, completed=event.step)
-            elif event.kind == "step":
-                bar.update(
-                    task, completed=event.step, description=f"{description} e{event.epoch} loss {event.loss:.4g}"
-                )
-            elif event.kind == "eval":
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in event.metrics.items())
-                bar.console.log(f"epoch {event.epoch}: {shown}")
-
-        yield update
+__all__ = [
+    "CARD_FILE",
+    "CHECKPOINTS",
+    "HEAD_FILE",
+    "OVERLAP_K",
+    "README_FILE",
+    "Agreement",
+    "DistillConfig",
+    "DistillError",
+    "DistillEvent",
+    "DistillProgress",
+    "DistillResult",
+    "EpochRecord",
+    "data_fingerprint",
+    "distill",
+    "encode_body",
+    "encode_texts",
+    "evaluate_agreement",
+    "fit_projection",
+    "rich_progress",
+    "teacher_agreement",
+]
 
 
 # --------------------------------------------------------------------------- main entry
@@ -754,103 +489,3 @@ def _loss(
         loss = loss + config.weight_base * retention
         terms.update(retention_terms)
     return loss, terms
-
-
-def _output_dim(student: SentenceTransformer) -> int | None:
-    getter = getattr(student, "get_embedding_dimension", None) or student.get_sentence_embedding_dimension
-    dim = getter()
-    return None if dim is None else int(dim)
-
-
-def _card(
-    student: SentenceTransformer,
-    config: DistillConfig,
-    state: ckpt.TrainState,
-    teacher_info: dict[str, Any],
-    fingerprint: str,
-    *,
-    n_train: int,
-    n_val: int,
-    labels: tuple[np.ndarray | None, np.ndarray | None],
-    resumed_from: int | None,
-) -> dict[str, Any]:
-    hard, soft = labels
-    losses: dict[str, Any] = {"mse": config.weight_mse, "1 - cosine": config.weight_cosine}
-    if config.weight_contrastive > 0:
-        losses["in-batch InfoNCE"] = config.weight_contrastive
-        losses["temperature"] = config.temperature
-    if config.weight_soft_label > 0:
-        losses["soft label (alpha·BCE(hard) + (1-alpha)·BCE(teacher))"] = config.weight_soft_label
-        losses["soft_alpha"] = config.soft_alpha
-        labels_used = hard if hard is not None else soft
-        losses["soft-label tasks"] = None if labels_used is None else int(labels_used.shape[1])
-    teacher = {k: v for k, v in teacher_info.items() if v is not None}
-    teacher.setdefault("name", None)
-    return {
-        "format": "ehrembed.distill/1",
-        "teacher": teacher,
-        "student": {
-            "output_dim": _output_dim(student),
-            "max_seq_length": student.max_seq_length,
-            "modules": ", ".join(type(m).__name__ for m in student.children()),
-            "parameters": sum(p.numel() for p in student.parameters()),
-        },
-        "data": {
-            "train_records": n_train,
-            "val_records": n_val,
-            "data_fingerprint": fingerprint,
-            "teacher_data_fingerprint": teacher_info.get("data_fingerprint"),
-            "hard_labels": hard is not None,
-            "soft_labels": soft is not None,
-        },
-        "losses": losses,
-        "metrics": {
-            "initial": state.initial,
-            "final": state.best_agreement,
-            "best_epoch": state.best_epoch,
-            "monitor": config.monitor,
-            "steps": state.step,
-            "epochs_run": state.epoch,
-            "stopped_early": state.stopped_early,
-            "resumed_from_step": resumed_from,
-        },
-        "history": [{k: v for k, v in row.items() if k != "train_terms"} | row["train_terms"] for row in state.history],
-        "config": config.to_dict(),
-        "versions": package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def _write_final(
-    out_dir: Path,
-    checkpoints: Path,
-    student: SentenceTransformer,
-    soft_module: SoftLabelLoss | None,
-    card: dict[str, Any],
-    *,
-    keep_checkpoints: bool,
-) -> None:
-    """Swap the finished model in atomically; checkpoints wait beside it and are then kept or dropped."""
-    aside = out_dir.with_name(f".{out_dir.name}.checkpoints-{uuid.uuid4().hex[:8]}")
-    os.replace(checkpoints, aside)
-    try:
-        with atomic_dir(out_dir, overwrite=True) as tmp:
-            student.save(str(tmp), create_model_card=False)
-            if soft_module is not None:
-                soft_module.head.save_json(
-                    tmp / HEAD_FILE,
-                    input="sentence_embedding",
-                    alpha=soft_module.alpha,
-                    note="logits = x @ weight.T + bias over the student's output; probability = sigmoid(logits)",
-                )
-                card["soft_label_head"] = HEAD_FILE
-            (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
-            (tmp / README_FILE).write_text(render_model_card(card))
-    except BaseException:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(aside, checkpoints)
-        raise
-    if keep_checkpoints:
-        os.replace(aside, checkpoints)
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
