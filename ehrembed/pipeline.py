@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,8 @@ from ehrembed.ehr.omop import ingest_omop
 from ehrembed.ehr.serialize import EMBED_FORMAT, Serializer, SerializerConfig
 from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
+from ehrembed.encoders.base import Encoder
+from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.fsutil import atomic_write_text, sha256_file
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import catalog
@@ -182,7 +184,7 @@ def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) ->
 def _distill(
     config: MainJobConfig,
     dataset: MedsDataset,
-    teacher: Any,
+    teacher: EmbeddingSet | Mapping[str, EmbeddingSet],
     teacher_dir: Path,
     out: Path,
     say: Say,
@@ -213,7 +215,7 @@ def _distill(
     ):
         say(f"distill: reusing {out} (same teacher vectors and recipe)")
         return out
-    targets = teacher if not isinstance(teacher, dict) else average_over_instructions(teacher)
+    targets = teacher if isinstance(teacher, EmbeddingSet) else average_over_instructions(teacher)
     result = distill_dataset(dataset, targets, out, job, overwrite=True, resume=False)
     atomic_write_text(source, json.dumps(made_from) + "\n")
     final = result.distill.final
@@ -296,9 +298,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     embeddings: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
 
-    teacher_encoder: Any = None
+    teacher_encoder: Encoder | None = None
 
-    def embed(name: str, spec: str, kb: Path | None = None, encoder: Any = None) -> None:
+    def embed(name: str, spec: str, kb: Path | None = None, encoder: Encoder | None = None) -> None:
         choice = parse_encoder(f"{name}={spec}")
         emb, info = embed_tasks(
             dataset,
@@ -338,11 +340,11 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     targets, targets_dir = embeddings["teacher"], emb_dir / "teacher"
     if config.distill_records == "all":
 
-        def every_record() -> Any:
+        def every_record() -> dict[str, EmbeddingSet]:
             keys = distillation_keys(dataset)
             choice = parse_encoder(f"teacher={config.teacher}")
             step = None if progress is None else (lambda d, t: progress("embedding (every record)", d, t))
-            sets: dict[str, Any] = {}
+            sets: dict[str, EmbeddingSet] = {}
             for i, labelset in enumerate(labelsets):  # each record with one task's question, in turn
                 part = keys.filter(pl.col(s.SUBJECT_ID) % len(labelsets) == i)
                 if part.height:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 from sqlalchemy.orm import Session
 
@@ -40,6 +41,9 @@ from ehrembed.store.db import create_all, make_engine, make_session_factory, ses
 from ehrembed.store.errors import NotFoundError
 from ehrembed.store.repository import current_artifact, get_artifact, list_artifacts, list_datasets
 from ehrembed.store.tables import ArtifactKind
+
+if TYPE_CHECKING:
+    from ehrembed.retrieval.guidelines import GuidelineKB
 
 
 class RWLock:
@@ -116,11 +120,11 @@ class _LockedEncoder:
         self.spec: EncoderSpec = inner.spec
         self._lock = threading.Lock()
 
-    def encode(self, texts: Any, **kwargs: Any) -> Any:
+    def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         with self._lock:
             return self.inner.encode(texts, **kwargs)
 
-    def count_tokens(self, texts: Any) -> list[int]:
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
 
 
@@ -135,7 +139,7 @@ class ServiceState:
         self.encoders: dict[str, Encoder] = {}
         self.datasets: dict[str, DatasetHandle] = {}
         self.heads: OrderedDict[str, FittedHead] = OrderedDict()  # least recently used first
-        self.kb: Any = None
+        self.kb: GuidelineKB | None = None
         self.ready = False
         self._lock = threading.Lock()
 

@@ -104,7 +104,8 @@ def predict(
         vectors, subjects, times = embed_for_head(fitted, encoder, records=body.records)
         features = fitted.features(vectors)
         for text in body.records:
-            hits = state.kb.search(text[:2000], k=body.guidelines, per_guideline=1) if augmenter is not None else []
+            kb = state.kb
+            hits = kb.search(text[:2000], k=body.guidelines, per_guideline=1) if augmenter and kb else []
             passages.append([PassageOut(**h.as_dict()) for h in hits])
     else:
         assert body.subject_ids is not None
