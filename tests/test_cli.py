@@ -220,3 +220,29 @@ def test_key_and_schema_commands_speak_json() -> None:
     assert revoked.exit_code == 0 and json.loads(revoked.stdout)["name"] == "j"
     current = runner.invoke(app, ["db", "current", "--json"])
     assert current.exit_code == 0 and "revision" in json.loads(current.stdout)
+
+
+def test_repeatable_options_take_several_values_after_one_flag() -> None:
+    import typer
+
+    from ehrembed.cli.common import MultiValueCommand
+
+    demo = typer.Typer()
+    seen: dict[str, object] = {}
+
+    @demo.command(cls=MultiValueCommand)
+    def cmd(
+        dataset: str,
+        tasks: list[str] = typer.Option([], "--tasks"),
+        out: str = typer.Option("o", "--out"),
+        flag: bool = typer.Option(False, "--flag"),
+    ) -> None:
+        seen.update(dataset=dataset, tasks=tasks, out=out, flag=flag)
+
+    ok = runner.invoke(demo, ["DIR", "--tasks", "a.yaml", "b.yaml", "c.yaml", "--flag", "--out", "-x"])
+    assert ok.exit_code == 0, ok.output
+    assert seen == {"dataset": "DIR", "tasks": ["a.yaml", "b.yaml", "c.yaml"], "out": "-x", "flag": True}
+    runner.invoke(demo, ["DIR", "--tasks", "a", "--tasks", "b"])
+    assert seen["tasks"] == ["a", "b"]  # the repeated spelling still works
+    late = runner.invoke(demo, ["--tasks", "a", "DIR"])  # positional not yet given: DIR stays positional
+    assert late.exit_code == 0 and seen["dataset"] == "DIR" and seen["tasks"] == ["a"]

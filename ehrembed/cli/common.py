@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand
 
 from ehrembed.errors import EhrembedError
 
@@ -104,6 +105,45 @@ FormatOption = Annotated[
         "or list_dated (unique codes with their age and demographics).",
     ),
 ]
+
+
+class MultiValueCommand(TyperCommand):
+    """A command whose repeatable options also take several values after one flag.
+
+    ``--tasks a.yaml b.yaml`` (what a shell makes of ``--tasks *.yaml``) reads as ``--tasks a.yaml
+    --tasks b.yaml``: words after a repeatable option are its values once the command's positional
+    arguments are all given (so give the dataset first), until the next option.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # Typer vendors its own click, so parameters are told apart by what they say they are.
+        options = {name: p for p in self.params if p.param_type_name == "option" for name in p.opts}
+        positional = sum(1 for p in self.params if p.param_type_name == "argument")
+        out: list[str] = []
+        seen, current, i = 0, None, 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                out.extend(args[i:])
+                break
+            if token.startswith("-") and len(token) > 1:
+                name, has_value = token.split("=", 1)[0], "=" in token
+                option = options.get(name)
+                takes_value = option is not None and not getattr(option, "is_flag", False)
+                current = name if takes_value and getattr(option, "multiple", False) else None
+                out.append(token)
+                if takes_value and not has_value and i + 1 < len(args):
+                    out.append(args[i + 1])  # the option's own value, whatever it looks like
+                    i += 1
+                i += 1
+                continue
+            if current is not None and seen >= positional:
+                out.extend([current, token])
+            else:
+                seen, current = seen + 1, None
+                out.append(token)
+            i += 1
+        return super().parse_args(ctx, out)
 
 
 def fail(message: str) -> NoReturn:

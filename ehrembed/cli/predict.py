@@ -11,6 +11,7 @@ import typer
 from ehrembed.cli.common import (
     MIN_MAX_TOKENS,
     JsonFlag,
+    MultiValueCommand,
     app,
     err_console,
     fail,
@@ -92,7 +93,7 @@ def tasks_show_cmd(
             out_console.print(f"  not labelled {n:,}: {reason}")
 
 
-@app.command("benchmark")
+@app.command("benchmark", cls=MultiValueCommand)
 def benchmark_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
     out: Annotated[Path, typer.Option("--out", help="Report folder (results, report.md, plots).")],
@@ -179,7 +180,7 @@ def benchmark_cmd(
     )
 
 
-@app.command("run")
+@app.command("run", cls=MultiValueCommand)
 def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the job's outputs.")] = Path("out"),
     fresh: Annotated[bool, typer.Option(help="Redo every stage instead of reusing finished outputs.")] = False,

@@ -11,6 +11,7 @@ from rich.table import Table
 from ehrembed.cli.common import (
     IndexKind,
     JsonFlag,
+    MultiValueCommand,
     SearchMode,
     Sex,
     TopOption,
@@ -27,7 +28,7 @@ from ehrembed.cli.common import (
 )
 
 
-@app.command("index")
+@app.command("index", cls=MultiValueCommand)
 def index_cmd(
     dataset: Annotated[Path, typer.Argument(help="The MEDS folder the embeddings were made from.")],
     embeddings: Annotated[
@@ -107,7 +108,7 @@ def _recorded_index(dataset_name: str) -> Path:
     )
 
 
-@app.command("similar")
+@app.command("similar", cls=MultiValueCommand)
 def similar_cmd(
     dataset: Annotated[Path, typer.Argument(help="The MEDS folder the index was built from.")],
     subject: Annotated[int, typer.Option("--subject", help="subject_id whose similar patients to find.")],
