@@ -142,9 +142,7 @@ def similar_cmd(
     when = parse_time(as_of, "--as-of")
     with user_errors():
         ds = MedsDataset.open(dataset)
-        filters = SimilarFilters(
-            splits=tuple(split or ()), sex=sex, min_age=min_age, max_age=max_age, has_codes=tuple(has_code or ())
-        )
+        filters = SimilarFilters.of(split, sex, min_age, max_age, has_code)
         with steps_progress() as spinner:
             spinner.add_task("loading the index")
             vector_index = VectorIndex.load(index or _recorded_index(ds.name))

@@ -48,13 +48,7 @@ def upsert_patients(
 
 
 def _filters(body: FiltersIn) -> SimilarFilters:
-    return SimilarFilters(
-        splits=tuple(body.splits),
-        sex=body.sex,
-        min_age=body.min_age,
-        max_age=body.max_age,
-        has_codes=tuple(body.has_codes),
-    )
+    return SimilarFilters.of(body.splits, body.sex, body.min_age, body.max_age, body.has_codes)
 
 
 def _similar_out(dataset: str, result: SimilarResult) -> JSONResponse:
@@ -111,9 +105,7 @@ def similar_to_subject(
     similar = handle.similar
     if similar is None:
         raise ApiError(409, f"dataset {dataset} has no index yet; build one with `ehrembed index`", "dataset")
-    filters = SimilarFilters(
-        splits=tuple(split or ()), sex=sex, min_age=min_age, max_age=max_age, has_codes=tuple(has_code or ())
-    )
+    filters = SimilarFilters.of(split, sex, min_age, max_age, has_code)
     with handle.lock.read():
         if similar.attributes.positions(np.asarray([subject_id], dtype=np.int64))[0] < 0:
             raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id")

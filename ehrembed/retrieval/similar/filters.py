@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,18 @@ class SimilarFilters:
     min_age: float | None = None
     max_age: float | None = None
     has_codes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        splits: Iterable[str] | None = None,
+        sex: str | None = None,
+        min_age: float | None = None,
+        max_age: float | None = None,
+        has_codes: Iterable[str] | None = None,
+    ) -> SimilarFilters:
+        """Filters from what a front end has (optional lists from a query string, a body or CLI options)."""
+        return cls(tuple(splits or ()), sex, min_age, max_age, tuple(has_codes or ()))
 
     def __post_init__(self) -> None:
         splits = tuple(str(v) for v in self.splits)
