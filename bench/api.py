@@ -46,6 +46,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_ready(base: str, seconds: float = 120.0) -> None:
+    """Poll ``/readyz`` until the served app answers 200 (SystemExit after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the server did not become ready within {seconds:.0f} seconds")
+
+
 def prepare(home: Path, patients: int) -> dict[str, Any]:
     """Dataset, embeddings, index, store rows, keys and a head in ``home``."""
     os.environ["EHREMBED_HOME"] = str(home)
@@ -156,15 +169,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not become ready within two minutes")
+        wait_ready(base)
         scenarios = {
             "similar": lambda c, r: c.get(
                 f"/v1/patients/{r.choice(ids)}/similar", params={"dataset": "bench", "k": 10}

@@ -39,7 +39,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save
-from api import _free_port, prepare
+from api import _free_port, prepare, wait_ready
 
 FAR = "9999-12-31T23:59:59-12:00"
 
@@ -102,15 +102,7 @@ def main() -> None:
         return log_path.read_text(errors="replace")
 
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not become ready within two minutes")
+        wait_ready(base)
 
         def p1(c: httpx.Client) -> tuple[bool, str]:
             res = upsert(c, {"events": [{"subject_id": 900103, "time": FAR, "code": "X/1"}]})

@@ -14,7 +14,7 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import EmbeddingSet
-from ehrembed.retrieval.index import VectorIndex, VectorIndexError
+from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar.filters import (
     _MIN_TEXT_MATCH,
     EXPLAINED_DOMAINS,
@@ -410,18 +410,3 @@ def find_similar(
 ) -> SimilarResult:
     """One-shot :meth:`SimilarPatients.by_subject` (build a :class:`SimilarPatients` to reuse its caches)."""
     return SimilarPatients(index, dataset).by_subject(subject_id, as_of=as_of, k=k, filters=filters)
-
-
-__all__ = [
-    "Explanation",
-    "Neighbor",
-    "SharedCode",
-    "SimilarError",
-    "SimilarFilters",
-    "SimilarPatients",
-    "SimilarQuery",
-    "SimilarResult",
-    "SubjectAttributes",
-    "VectorIndexError",
-    "find_similar",
-]
