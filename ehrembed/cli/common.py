@@ -95,14 +95,25 @@ class RecordFormat(StrEnum):
     markdown = "markdown"
     list = "list"
     list_dated = "list_dated"
+    markdown_compact = "markdown_compact"
 
 
 FormatOption = Annotated[
     RecordFormat,
     typer.Option(
         "--format",
-        help="Record layout: markdown (visits, newest first), list (unique codes, the reference's final format) "
-        "or list_dated (unique codes with their age and demographics).",
+        help="Record layout: markdown (the reference's Markdown: fixed vitals and labs, visits newest first), "
+        "list (unique codes, the reference's final format), list_dated (unique codes with their age and "
+        "demographics) or markdown_compact (the shorter Markdown: whichever labs the patient has).",
+    ),
+]
+
+
+ShiftDatesOption = Annotated[
+    bool,
+    typer.Option(
+        "--shift-dates",
+        help="Markdown: move every date so the as-of time reads 2024-01-01 00:00 (intervals kept, the year hidden).",
     ),
 ]
 

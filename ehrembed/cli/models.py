@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +15,7 @@ from ehrembed.cli.common import (
     MaxTokensOption,
     OverwriteFlag,
     RecordFormat,
+    ShiftDatesOption,
     app,
     bar_progress,
     out_console,
@@ -24,6 +25,9 @@ from ehrembed.cli.common import (
     steps_progress,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from ehrembed.ehr.serialize import SerializerConfig
 
 
 def _guideline_augmentation(enabled: bool, kb: Path | None) -> Any:
@@ -69,6 +73,7 @@ def embed_cmd(
     ] = None,
     max_tokens: MaxTokensOption = None,
     fmt: FormatOption = RecordFormat.list,
+    shift_dates: ShiftDatesOption = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 8,
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Records encoded between cache writes (what a killed job can lose).")
@@ -112,9 +117,10 @@ def embed_cmd(
         question = _task_question(for_task)
         subjects = ds.subject_ids()[:limit] if limit else None
         total = len(subjects) if subjects else len(ds.subject_ids())
+        layout = SerializerConfig(format=fmt.value, shift_dates=shift_dates)
         if ray_address is not None:
             report = _embed_on_ray(
-                ds, encoder, out, kwargs, instruction, question, fmt, batch_size, guidelines, guidelines_kb,
+                ds, encoder, out, kwargs, instruction, question, layout, batch_size, guidelines, guidelines_kb,
                 ray_address, ray_actors, subjects, when,
             )  # fmt: skip
         else:
@@ -124,7 +130,7 @@ def embed_cmd(
             config = EmbedConfig(
                 question=question,
                 instruction=instruction,
-                serializer=SerializerConfig(format=fmt.value),
+                serializer=layout,
                 batch_size=batch_size,
                 chunk_size=chunk_size,
                 guidelines=_guideline_augmentation(guidelines, guidelines_kb),
@@ -164,7 +170,7 @@ def _embed_on_ray(
     kwargs: dict[str, Any],
     instruction: str | None,
     question: str | None,
-    fmt: RecordFormat,
+    layout: SerializerConfig,
     batch_size: int,
     guidelines: bool,
     guidelines_kb: Path | None,
@@ -174,14 +180,13 @@ def _embed_on_ray(
     when: Any,
 ) -> Any:
     """The embed command's Ray path: shards → actor pool (see ehrembed.encoders.distributed)."""
-    from ehrembed.ehr.serialize import SerializerConfig
     from ehrembed.encoders.distributed import embed_dataset_ray
     from ehrembed.encoders.job import EmbedConfig
 
     config = EmbedConfig(
         question=question,
         instruction=instruction,
-        serializer=SerializerConfig(format=fmt.value),
+        serializer=layout,
         batch_size=batch_size,
         guidelines=_guideline_augmentation(guidelines, guidelines_kb),
     )

@@ -13,6 +13,7 @@ from ehrembed.cli.common import (
     MaxTokensOption,
     OverwriteFlag,
     RecordFormat,
+    ShiftDatesOption,
     app,
     bar_progress,
     err_console,
@@ -141,11 +142,12 @@ def serialize_cmd(
     ] = None,
     max_tokens: MaxTokensOption = None,
     fmt: FormatOption = RecordFormat.markdown,
+    shift_dates: ShiftDatesOption = False,
     tokenizer: Annotated[
         Path | None, typer.Option(help="tokenizer.json or model folder for --max-tokens (default: MiniLM).")
     ] = None,
 ) -> None:
-    """Print one patient's record as Markdown."""
+    """Print one patient's record (Markdown by default)."""
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.ehr.serialize import Serializer, SerializerConfig
     from ehrembed.ehr.tokens import load_token_counter
@@ -161,7 +163,7 @@ def serialize_cmd(
                 fail(f"subject {subject} has no dated events; pass --as-of")
             when = max(times)
         counter = load_token_counter(tokenizer) if max_tokens is not None else None
-        config = SerializerConfig(format=fmt.value, max_tokens=max_tokens)
+        config = SerializerConfig(format=fmt.value, max_tokens=max_tokens, shift_dates=shift_dates)
         serializer = Serializer(Vocabulary.from_dataset(ds), config, counter)
         result = serializer.serialize_with_stats(patient, as_of=when)
     print(result.text, end="")

@@ -1,4 +1,4 @@
-"""The Markdown serializer: layout, the as-of cut (no leakage), budgets, flags, determinism."""
+"""The serializer: Markdown and list layouts, the as-of cut (no leakage), budgets, flags, determinism."""
 
 from __future__ import annotations
 
@@ -81,27 +81,93 @@ def test_markdown_layout() -> None:
         "## Recent Lab Results",
         "## Past Medical Visits",
         "## General Medical Events",
-        "## Detailed Past Medical Visits",
-        "### Inpatient Visit on 2020-04-10 (100 days ago)",
+        "## Detailed Past Medical Visits (most recent first)",
+        "### Inpatient Visit on 2020-04-10 (100 days before prediction time, duration: 5 days)",
         "#### Conditions",
         "#### Procedures",
-        "#### Measurements",
         "#### Other Events",
-        "### Outpatient Visit on 2020-01-01 (200 days ago)",
+        "### Outpatient Visit on 2020-01-01 (200 days before prediction time)",
         "#### Conditions",
-        "#### Measurements",
     ]
     assert "Current time: 2020-07-19 23:00" in text
     assert "- Age: 60 years" in text and "- Sex: Female" in text
-    # newest value first, with units and flags: the source's range wins over the built-in one
-    assert (
-        "- Creatinine [Mass/volume] in Serum or Plasma: 2.6 mg/dL (high), 1.9 mg/dL (high), 1.1 mg/dL (normal)" in text
-    )
-    assert "- Systolic blood pressure: 85 mm[Hg] (low)" in text
-    assert "- Body weight: 81.5 kg" in text
-    assert "- Inpatient Visit: 2020-04-10 to 2020-04-15, 5 days (100 days ago)" in text
-    assert "- metformin 500 MG Oral Tablet (last 170 days ago)" in text
+    # the fixed concepts: newest value first, display unit, flags (the source's range wins over the concept's)
+    assert "- Creatinine (mg/dL): 2.6 (high), 1.9 (high), 1.1 (normal)" in text
+    assert "- Systolic blood pressure (mmHg): 85 (low)" in text
+    assert "- Body weight (kg): 81.5" in text
+    assert "- Heart rate: No recent data" in text
+    assert sum("No recent data" in line for line in text.splitlines()) == 21  # 24 concepts, 3 with values
+    # concept codes are shown once, in their Recent section, not again in visits
+    assert "Creatinine [Mass/volume]" not in text and "#### Measurements" not in text
+    assert "- Inpatient Visit on 2020-04-10 (100 days before prediction time, duration: 5 days)" in text
+    assert "- metformin 500 MG Oral Tablet" in text
     assert "- ZZZ/UNKNOWN-1" in text  # unknown codes are shown raw by default
+
+
+def test_markdown_concepts_merge_synonyms_convert_units_and_drop_implausible_values() -> None:
+    E = s.Event
+    p = s.Patient(
+        3,
+        [
+            E(day(0), "LOINC/8310-5", 98.6, unit="[degF]"),  # converted to °C
+            E(day(1), "LOINC/8310-5", 37.2, unit="Cel"),
+            E(day(2), "LOINC/8310-5", 370.0, unit="Cel"),  # a typo: implausible, dropped
+            E(day(0), "LOINC/2345-7", 5.5, unit="mmol/L"),  # glucose in mmol/L: 99 mg/dL
+            E(day(1), "LOINC/2339-0", 150.0, unit="mg/dL"),  # a synonym of the same concept
+            E(day(2), "LOINC/2345-7", 7.0, unit="g/L"),  # a unit the concept does not know: dropped
+            E(day(3), "LOINC/8867-4", 72.0, unit="beats/minute"),
+            E(day(3), "LOINC/59408-5", 91.0, unit="%"),
+        ],
+    )
+    text = Serializer(VOCAB).serialize(p, as_of=day(5))
+    assert "- Body temperature (°C): 37.2 (normal), 37 (normal)" in text
+    assert "- Glucose (mg/dL): 150 (high), 99 (normal)" in text
+    assert "- Heart rate (bpm): 72 (normal)" in text
+    assert "- Oxygen saturation (%): 91 (low)" in text
+    assert "370" not in text and "- 7" not in text
+
+
+def test_markdown_values_in_visits_and_general_events() -> None:
+    E = s.Event
+    vocab = Vocabulary(
+        descriptions={**VOCAB.descriptions, "LOINC/4548-4": "Hemoglobin A1c", "LOINC/1-1": "Albumin"},
+        domains={**VOCAB.domains, "LOINC/4548-4": "Measurement", "LOINC/1-1": "Measurement"},
+    )
+    p = s.Patient(
+        4,
+        [
+            E(day(0), "Visit/OP", visit_id=1),
+            *(
+                E(day(0, h), "LOINC/4548-4", v, unit="%", visit_id=1)
+                for h, v in ((9, 6.0), (10, 6.5), (11, 7.25), (12, 8.0))
+            ),
+            E(day(3), "LOINC/1-1", 4.126, unit="g/dL"),
+            E(day(4), "LOINC/1-1", 3.5, unit="g/dL"),
+        ],
+    )
+    text = Serializer(vocab).serialize(p, as_of=day(5))
+    assert "- Hemoglobin A1c (%): 8 (high), 7.25 (high), 6.5 (high)" in text  # the last 3, newest first
+    assert "- Albumin (g/dL): 3.5, 4.13" in text  # general events carry their values too
+
+
+def test_markdown_shifts_dates_to_a_fixed_prediction_time() -> None:
+    text = Serializer(VOCAB, SerializerConfig(shift_dates=True)).serialize(patient(), as_of=day(102))
+    assert "Current time: 2024-01-01 00:00" in text
+    assert "- Inpatient Visit on 2023-12-30 (2 days before prediction time, current visit)" in text
+    assert "- Outpatient Visit on 2023-09-21 (102 days before prediction time)" in text
+    assert "2020" not in text
+    assert "- Age: 59 years" in text  # computed from the real dates
+
+
+def test_budget_drops_no_recent_data_lines_before_any_fact() -> None:
+    counter = load_token_counter()
+    full = Serializer(VOCAB).serialize(patient(), as_of=day(200, 23))
+    facts = [line for line in full.splitlines() if "No recent data" not in line]
+    budget = counter.count(["\n".join(facts)])[0] + 4
+    cut = Serializer(VOCAB, SerializerConfig(max_tokens=budget), counter).serialize(patient(), as_of=day(200, 23))
+    assert "- Creatinine (mg/dL): 2.6 (high), 1.9 (high), 1.1 (normal)" in cut
+    assert "- Type 2 diabetes mellitus without complications" in cut  # the oldest fact stayed
+    assert "No recent data" not in cut
 
 
 def test_unknown_codes_can_be_dropped() -> None:
@@ -111,8 +177,8 @@ def test_unknown_codes_can_be_dropped() -> None:
 
 def test_ongoing_visit_hides_its_future_end() -> None:
     text = Serializer(VOCAB).serialize(patient(), as_of=day(102))
-    assert "- Inpatient Visit: since 2020-04-10, ongoing (2 days ago)" in text
-    assert "2020-04-15" not in text and "5 days" not in text
+    assert "- Inpatient Visit on 2020-04-10 (2 days before prediction time, current visit)" in text
+    assert "2020-04-15" not in text and "duration" not in text
 
 
 def test_nothing_after_as_of_appears() -> None:
@@ -129,9 +195,12 @@ def test_nothing_after_as_of_appears() -> None:
                 continue
             earlier = [e for e in full.events if e.code == event.code and e.time is not None and e.time <= as_of]
             if not earlier and event.code != s.VISIT_END_CODE:
-                assert VOCAB.label(event.code) not in text, (as_of, event.code)
-            if event.numeric_value is not None:
-                assert f"{event.numeric_value:.4g} {event.unit}" not in text, (as_of, event.code)
+                shown = [line for line in text.splitlines() if VOCAB.label(event.code) in line]
+                assert all(line.endswith("No recent data") for line in shown), (as_of, event.code)
+            if event.numeric_value is not None and not any(
+                e.code == event.code and e.numeric_value == event.numeric_value for e in earlier
+            ):
+                assert f" {event.numeric_value:g} (" not in text, (as_of, event.code)
         for token in text.split():
             if token[:4].isdigit() and token[4:5] == "-":  # every date shown is on or before as_of
                 assert dt.date.fromisoformat(token.strip("(),")[:10]) <= as_of.date()
@@ -275,7 +344,7 @@ def test_eunomia_record_reads_like_the_layout(eunomia: MedsDataset) -> None:
         "# Electronic Healthcare Record",
         "## Patient Demographics",
         "## Past Medical Visits",
-        "## Detailed Past Medical Visits",
+        "## Detailed Past Medical Visits (most recent first)",
         "#### Conditions",
     ):
         assert heading in text
