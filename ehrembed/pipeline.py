@@ -40,6 +40,7 @@ from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import EmbeddingSet
+from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_write_text, sha256_file
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import catalog
@@ -84,11 +85,23 @@ class MainJobConfig:
     """What the student learns from: the teacher vectors of the case-cohort sample (``sample``), or of
     every patient's whole record (``all``: one more teacher pass over the dataset, each record with one
     task's question in turn)."""
+    distill_recipe: Literal["embedding", "soft-labels"] = "embedding"
+    """``embedding``: the student learns the teacher's vectors (keeping its base). ``soft-labels`` adds the
+    CKD-EHR term: a head on the student learns the sample's train labels mixed 0.9 / 0.1 with the frozen
+    teacher's cross-fitted probabilities. The student then has seen every train label of the sample, so
+    its few-shot cells are not few-shot: compare it at k = all."""
     ks: tuple[int | str, ...] = MAIN_JOB_KS
     replicates: int = 3
     heads: tuple[str, ...] = ("lightgbm", "logistic", "knn")
     n_bootstrap: int = 100
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.distill_recipe == "soft-labels" and self.distill_records != "sample":
+            raise InputError(
+                "the soft-label recipe learns the sample's labels, which fall on the sample's records: "
+                "use --distill-records sample with --distill-recipe soft-labels"
+            )
 
 
 @dataclass(frozen=True)
@@ -188,17 +201,23 @@ def _distill(
     teacher_dir: Path,
     out: Path,
     say: Say,
+    labels: pl.DataFrame,
 ) -> Path:
     """Distil the teacher's vectors into the student; reuse an earlier student made from the same vectors
-    with the same recipe."""
+    with the same recipe. ``labels`` (the sample's, one row per task and time) feed the soft-label recipe."""
     from ehrembed.distill.job import RETENTION_FILE, DistillJobConfig, average_over_instructions, distill_dataset
     from ehrembed.distill.train import DistillConfig
 
     source = out.with_name(out.name + ".teacher.json")
+    soft = config.distill_recipe == "soft-labels"
     job = DistillJobConfig(
         base=Path(config.student) if config.student else None,
         train=DistillConfig.keeping_base(
-            epochs=config.distill_epochs, batch_size=16, patience=2, weight_base=config.distill_base_weight
+            epochs=config.distill_epochs,
+            batch_size=16,
+            patience=2,
+            weight_base=config.distill_base_weight,
+            weight_soft_label=1.0 if soft else 0.0,
         ),
         seed=config.seed,
     )
@@ -216,8 +235,13 @@ def _distill(
         say(f"distill: reusing {out} (same teacher vectors and recipe)")
         return out
     targets = teacher if isinstance(teacher, EmbeddingSet) else average_over_instructions(teacher)
-    result = distill_dataset(dataset, targets, out, job, overwrite=True, resume=False)
+    result = distill_dataset(dataset, targets, out, job, labels=labels if soft else None, overwrite=True, resume=False)
     atomic_write_text(source, json.dumps(made_from) + "\n")
+    for task, counts in (result.labels or {}).items():
+        say(
+            f"distill: {task}: {counts['labelled']} labelled train records ({counts['positives']} positive), "
+            f"{counts['with_probability']} with a teacher probability"
+        )
     final = result.distill.final
     say(
         f"distill: {result.rows['train']} train records, best epoch {result.distill.best_epoch}, tuning "
@@ -363,7 +387,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
             return sets
 
         targets, targets_dir = clock.run("teacher (every record)", every_record), emb_dir / "distill-teacher"
-    clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say))
+    labels = pl.concat([ls.frame().with_columns(task=pl.lit(ls.task.name)) for ls in labelsets])
+    clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say, labels))
     clock.run("student", lambda: embed("student", config.student or "student"))
     clock.run("distilled", lambda: embed("distilled", str(models)))
 

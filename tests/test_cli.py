@@ -146,6 +146,15 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     assert second.exit_code == 0, second.output
     assert "reusing" in second.stderr and "distill: reusing" in second.stderr
     assert "from cache" in (out / "report" / "report.md").read_text()
+    # the soft-label (CKD-EHR) recipe: a new student (other recipe), taught the sample's train labels too
+    soft = runner.invoke(app, [*args[:-2], "--distill-records", "sample", "--distill-recipe", "soft-labels"])
+    assert soft.exit_code == 0, soft.output
+    assert "distill: reusing" not in soft.stderr and "labelled train records" in soft.stderr
+    card = json.loads((out / "models" / "student.teacher.json").read_text())
+    assert card["recipe"]["train"]["weight_soft_label"] == 1.0
+    assert (out / "models" / "student" / "soft_label_head.json").exists()
+    mixed = runner.invoke(app, [*args, "--distill-recipe", "soft-labels"])
+    assert mixed.exit_code == 2 and "--distill-records sample" in mixed.stderr
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,13 @@ from ehrembed.pipeline import MainJobConfig
 _JOB = MainJobConfig()  # the main job's defaults, shown by `ehrembed run --help`
 
 
+class DistillRecipe(StrEnum):
+    """How the main job's student learns (``MainJobConfig.distill_recipe``)."""
+
+    embedding = "embedding"
+    soft_labels = "soft-labels"
+
+
 class DistillRecords(StrEnum):
     """What the main job's student is distilled on (``MainJobConfig.distill_records``)."""
 
@@ -245,6 +252,14 @@ def run_cmd(
             "one more teacher pass over the dataset).",
         ),
     ] = DistillRecords(_JOB.distill_records),
+    distill_recipe: Annotated[
+        DistillRecipe,
+        typer.Option(
+            "--distill-recipe",
+            help="embedding: learn the teacher's vectors. soft-labels: also learn the sample's train labels "
+            "mixed with the frozen teacher's cross-fitted probabilities (CKD-EHR); compare it at k=all.",
+        ),
+    ] = DistillRecipe(_JOB.distill_recipe),
 ) -> None:
     """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
     from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, run_main_job
@@ -269,6 +284,7 @@ def run_cmd(
             distill_epochs=epochs,
             distill_base_weight=base_weight,
             distill_records=distill_records.value,
+            distill_recipe=distill_recipe.value,
             ks=parse_ks(split_list(k)) if k else MAIN_JOB_KS,
             replicates=replicates,
             heads=tuple(split_list(head) or HEAD_NAMES),

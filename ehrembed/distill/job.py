@@ -29,7 +29,8 @@ from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.fsutil import atomic_write_text
 
 from .retention import overlap_at_k, retention_report
-from .train import DistillConfig, DistillProgress, DistillResult, distill
+from .soft_labels import task_labels
+from .train import DistillConfig, DistillError, DistillProgress, DistillResult, distill
 
 RETENTION_FILE = "retention.json"
 
@@ -51,6 +52,8 @@ class DistillJobResult:
     distill: DistillResult
     retention: dict[str, Any]
     rows: dict[str, int]
+    labels: dict[str, dict[str, int]] | None = None
+    """Per task, the train rows with a hard label, positives, and rows with a teacher probability."""
 
 
 def _serializer_for_student(teacher: EmbeddingSet, vocabulary: Vocabulary, student: Any) -> Serializer:
@@ -90,11 +93,17 @@ def distill_dataset(
     out: Path,
     config: DistillJobConfig | None = None,
     *,
+    labels: pl.DataFrame | None = None,
     progress: DistillProgress | None = None,
     resume: bool = False,
     overwrite: bool = False,
 ) -> DistillJobResult:
-    """Train a student on ``teacher``'s train rows, early-stop on tuning rows, report on held-out rows."""
+    """Train a student on ``teacher``'s train rows, early-stop on tuning rows, report on held-out rows.
+
+    With ``labels`` (:mod:`~ehrembed.distill.soft_labels`' frame) and ``config.train.weight_soft_label > 0``
+    the student also learns the tasks, CKD-EHR style: hard labels of the train rows mixed with the
+    frozen teacher's cross-fitted probabilities.
+    """
     from ehrembed.encoders.student import StudentEncoder, build_student_for_distillation
 
     config = config or DistillJobConfig()
@@ -109,6 +118,15 @@ def distill_dataset(
             f"distillation needs train and tuning rows; the teacher embeddings have {len(train)} train and "
             f"{len(tuning)} tuning rows in {dataset.root}'s splits"
         )
+    soft_labels = None
+    if (labels is not None) != (config.train.weight_soft_label > 0):
+        raise DistillError(
+            "soft-label distillation needs both task labels and weight_soft_label > 0"
+            if labels is None
+            else "task labels were given but weight_soft_label is 0: they would be ignored"
+        )
+    if labels is not None:
+        soft_labels = task_labels(teacher, labels, train, seed=config.seed)
     student = build_student_for_distillation(config.base, teacher.dim)
     serializer = _serializer_for_student(teacher, Vocabulary.from_dataset(dataset), student)
     vectors = np.asarray(teacher.vectors, dtype=np.float32)
@@ -124,6 +142,8 @@ def distill_dataset(
         vectors[tuning],
         out,
         config.train,
+        hard_labels=None if soft_labels is None else soft_labels.hard,
+        soft_labels=None if soft_labels is None else soft_labels.soft,
         teacher_info={
             "name": teacher.spec.name,
             "spec_fingerprint": teacher.spec.fingerprint(),
@@ -146,7 +166,7 @@ def distill_dataset(
         retention["undistilled"] = {f"overlap@{config.k}": base_overlap}
         atomic_write_text(Path(out) / RETENTION_FILE, json.dumps(retention, indent=2) + "\n")
     counts = {"train": len(train), "tuning": len(tuning), "held_out": len(held_out)}
-    return DistillJobResult(result, retention, counts)
+    return DistillJobResult(result, retention, counts, None if soft_labels is None else soft_labels.summary())
 
 
 def average_over_instructions(sets: Mapping[str, EmbeddingSet]) -> EmbeddingSet:
