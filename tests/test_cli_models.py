@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
@@ -98,6 +99,32 @@ def test_embed_distill_export(tmp_path: Path, tiny_qwen2_dir: Path, tiny_student
     assert summary["held_out_after"]["mse"] < summary["held_out_before"]["mse"]
     assert (model / "README.md").exists() and (model / "retention.json").exists()
     assert SentenceTransformer(str(model)).encode(["a record"]).shape == (1, 32)
+
+    # soft labels (CKD-EHR): labels on the teacher's rows teach a head on the student; on rows they miss, a clear error
+    from ehrembed.distill.job import DistillJobConfig, distill_dataset
+    from ehrembed.distill.train import DistillConfig
+    from ehrembed.ehr.meds import MedsDataset
+
+    rows = pl.DataFrame(
+        {
+            "subject_id": teacher.subject_ids,
+            "prediction_time": teacher.as_of,
+            "task": "even",
+            "value": teacher.subject_ids % 2 == 0,
+        }
+    )
+    job = DistillJobConfig(
+        base=tiny_student_dir, train=DistillConfig.keeping_base(epochs=1, batch_size=8, weight_soft_label=1.0)
+    )
+    soft = distill_dataset(MedsDataset.open(data), teacher, tmp_path / "soft", job, labels=rows)
+    assert soft.labels is not None and soft.labels["even"]["labelled"] == soft.rows["train"]
+    assert (tmp_path / "soft" / "soft_label_head.json").exists()
+    missed = runner.invoke(
+        app,
+        ["distill", str(data), "--teacher-embeddings", str(teacher_out), "--out", str(tmp_path / "soft2"),
+         "--base", str(tiny_student_dir), "--epochs", "1", "--soft-labels", "new_hypertension,new_afib,long_los"],
+    )  # fmt: skip
+    assert missed.exit_code == 2 and "none of" in missed.stderr, missed.output
 
     _ok(["export-onnx", str(model), "--out", str(tmp_path / "onnx")])
     onnx_out = tmp_path / "student.parquet"

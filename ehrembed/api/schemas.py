@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ehrembed.schema import MAX_SUBJECT_ID, valid_float32, valid_time
 
@@ -199,9 +199,11 @@ class TaskOut(BaseModel):
 
 
 class ExampleIn(_Body):
+    """A labelled time in the MEDS label schema's names (``label`` is the old spelling of ``boolean_value``)."""
+
     subject_id: SubjectIdIn
     prediction_time: Time
-    label: bool = Field(strict=True)
+    boolean_value: bool = Field(strict=True, validation_alias=AliasChoices("boolean_value", "label"))
 
 
 class HeadIn(_Body):
@@ -235,16 +237,26 @@ class HeadOut(BaseModel):
 
 
 class PredictIn(_Body):
+    """What to score: stored subjects (as of one time, default each one's latest), labelled examples (each at
+    its own prediction time; their labels come back beside the probabilities), or inline record texts.
+    ``format``: ``json`` (probabilities with evidence) or ``meds`` (meds-evaluation rows)."""
+
     subject_ids: list[SubjectIdIn] | None = Field(default=None, max_length=MAX_IDS)
     as_of: Time | None = None
+    examples: list[ExampleIn] | None = Field(default=None, max_length=MAX_IDS)
     records: list[str] | None = Field(default=None, max_length=MAX_RECORDS)
     evidence: int = Field(default=3, ge=0, le=20, strict=True)
     guidelines: int = Field(default=2, ge=0, le=10, strict=True)
+    format: Literal["json", "meds"] = "json"
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictIn:
-        if (self.subject_ids is None) == (self.records is None):
-            raise ValueError("give exactly one of subject_ids or records")
+        if sum(x is not None for x in (self.subject_ids, self.examples, self.records)) != 1:
+            raise ValueError("give exactly one of subject_ids, examples or records")
+        if self.format == "meds" and self.records is not None:
+            raise ValueError("format meds needs subject_ids or examples (a prediction needs a subject and a time)")
+        if self.as_of is not None and self.subject_ids is None:
+            raise ValueError("as_of goes with subject_ids (examples carry their own prediction_time)")
         if self.records is not None and any(not r.strip() for r in self.records):
             raise ValueError("records must not be empty texts")
         return self
@@ -270,6 +282,22 @@ class PredictionOut(BaseModel):
 class PredictOut(BaseModel):
     head_id: str
     predictions: list[PredictionOut]
+
+
+class MedsPredictionOut(BaseModel):
+    """One row of meds-evaluation's prediction schema (``boolean_value`` only when the request gave labels)."""
+
+    subject_id: int
+    prediction_time: dt.datetime
+    boolean_value: bool | None
+    predicted_boolean_probability: float
+    predicted_boolean_value: bool
+
+
+class MedsPredictOut(BaseModel):
+    head_id: str
+    format: Literal["meds"] = "meds"
+    predictions: list[MedsPredictionOut]
 
 
 class GuidelineSearchOut(BaseModel):

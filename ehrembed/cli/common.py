@@ -109,6 +109,14 @@ FormatOption = Annotated[
 ]
 
 
+PredicatesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--predicates",
+        help="Dataset predicates for ACES task configs (a YAML file with a 'predicates:' mapping, or 'omop' for "
+        "MEDS folders made by `ehrembed ingest omop`): they fill MEDS-DEV's '???' predicates.",
+    ),
+]
 ShiftDatesOption = Annotated[
     bool,
     typer.Option(

@@ -18,10 +18,12 @@ from ehrembed.cli.common import (
     ShiftDatesOption,
     app,
     bar_progress,
+    fail,
     out_console,
     parse_time,
     print_json,
     record_artifact,
+    split_list,
     steps_progress,
     user_errors,
 )
@@ -237,6 +239,18 @@ def distill_cmd(
         str, typer.Option(help="What picks the epoch on the tuning split: overlap (overlap@10), mse or cosine.")
     ] = "overlap",
     max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training records.")] = None,
+    soft_labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--soft-labels",
+            help="CKD-EHR: also learn these tasks (names, groups or YAML files; repeatable or comma-separated) "
+            "from their train labels mixed with the frozen teacher's cross-fitted probabilities. The teacher "
+            "embeddings must be at the tasks' prediction times (e.g. the benchmark's teacher folder).",
+        ),
+    ] = None,
+    soft_label_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of the soft-label term with --soft-labels.")
+    ] = 1.0,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoints in --out.")] = False,
     overwrite: OverwriteFlag = False,
     as_json: JsonFlag = False,
@@ -249,6 +263,15 @@ def distill_cmd(
     with user_errors():
         ds = MedsDataset.open(dataset)
         teacher = load_teacher_embeddings(teacher_embeddings)
+        labels = None
+        if soft_labels:
+            from ehrembed.predict.job import label_tasks, labels_frame
+            from ehrembed.predict.tasks import resolve_tasks
+
+            labelsets, _skipped = label_tasks(ds, resolve_tasks(split_list(soft_labels)))
+            if not labelsets:
+                fail("none of the --soft-labels tasks has labels in this dataset")
+            labels = labels_frame(labelsets)
         config = DistillJobConfig(
             base=base,
             max_train=max_train,
@@ -261,10 +284,13 @@ def distill_cmd(
                 weight_base=base_weight,
                 init_projection=init_projection,
                 monitor=monitor,
+                weight_soft_label=soft_label_weight if labels is not None else 0.0,
             ),
         )
         with rich_progress() as progress:
-            result = distill_dataset(ds, teacher, out, config, progress=progress, resume=resume, overwrite=overwrite)
+            result = distill_dataset(
+                ds, teacher, out, config, labels=labels, progress=progress, resume=resume, overwrite=overwrite
+            )
         record_artifact(
             "model", out.name, out, {"teacher": teacher.spec.to_dict(), "rows": result.rows}, ds.name, ds.root
         )
@@ -275,6 +301,7 @@ def distill_cmd(
         "held_out_after": dataclasses.asdict(result.distill.final),
         "best_epoch": result.distill.best_epoch,
         "retention": result.retention,
+        "soft_labels": result.labels,
     }
     if as_json:
         print_json(summary)
@@ -284,6 +311,11 @@ def distill_cmd(
     out_console.print(
         f"  tuning-split MSE {before.mse:.5f} → {after.mse:.5f}, cosine {before.cosine:.4f} → {after.cosine:.4f}"
     )
+    for task, counts in (result.labels or {}).items():
+        out_console.print(
+            f"  soft labels, {task}: {counts['labelled']} labelled train records ({counts['positives']} positive), "
+            f"{counts['with_probability']} with a teacher probability"
+        )
     if "student" in result.retention:
         table = Table(title=f"retention on {result.rows['held_out']} held-out patients")
         frame = retention_table(result.retention)

@@ -12,6 +12,7 @@ from ehrembed.cli.common import (
     MIN_MAX_TOKENS,
     JsonFlag,
     MultiValueCommand,
+    PredicatesOption,
     app,
     err_console,
     fail,
@@ -70,15 +71,21 @@ def tasks_list_cmd(as_json: JsonFlag = False) -> None:
 
 @tasks_app.command("show")
 def tasks_show_cmd(
-    task: Annotated[str, typer.Argument(help="A task file, or the name of a built-in task.")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            help="A task file (ours or an ACES config), a built-in task, meds-dev:PATH, or a MEDS labels folder."
+        ),
+    ],
     dataset: Annotated[Path | None, typer.Option(help="A MEDS folder: also label it and print label counts.")] = None,
+    predicates: PredicatesOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Validate a task and print it (with label counts on a dataset)."""
     from ehrembed.predict.tasks import resolve_tasks
 
     with user_errors():
-        (spec,) = resolve_tasks([task])
+        (spec,) = resolve_tasks([task], predicates=predicates)
         summary = None
         if dataset is not None:
             from ehrembed.ehr.meds import MedsDataset
@@ -100,6 +107,42 @@ def tasks_show_cmd(
             out_console.print(f"  not labelled {n:,}: {reason}")
 
 
+@tasks_app.command("label", cls=MultiValueCommand)
+def tasks_label_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Labels root: one TASK/labels.parquet per task.")],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option("--tasks", help="Tasks: files (ours or ACES), built-in names or groups, meds-dev:PATH."),
+    ] = None,
+    predicates: PredicatesOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Label a dataset and write MEDS label files (subject_id, prediction_time, boolean_value) per task."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.predict.job import label_tasks
+    from ehrembed.predict.meds_labels import write_labels
+    from ehrembed.predict.tasks import resolve_tasks
+
+    with user_errors():
+        ds = MedsDataset.open(dataset)
+        specs = resolve_tasks(split_list(tasks) or ["all"], predicates=predicates)
+        with stage_progress() as update:
+            labelsets, skipped = label_tasks(ds, specs, progress=update)
+        written = write_labels(((ls.task.name, ls.frame()) for ls in labelsets), out)
+    summary = {
+        "labels": {ls.task.name: {"path": str(written[ls.task.name]), **ls.summary()} for ls in labelsets},
+        "not_labelled": skipped,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    for ls in labelsets:
+        out_console.print(f"[green]wrote[/] {written[ls.task.name]}: {len(ls):,} labels, {ls.n_positive:,} positive")
+    for reason in skipped.values():
+        err_console.print(f"not labelled: {reason}")
+
+
 @app.command("benchmark", cls=MultiValueCommand)
 def benchmark_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
@@ -107,7 +150,9 @@ def benchmark_cmd(
     tasks: Annotated[
         list[str] | None,
         typer.Option(
-            "--tasks", help="Task files, built-in task names or groups (operational, new_diagnosis, abnormal_lab, all)."
+            "--tasks",
+            help="Task files (ours or ACES configs), built-in task names or groups (operational, new_diagnosis, "
+            "abnormal_lab, all), meds-dev:PATH (an installed MEDS-DEV task), or MEDS labels folders.",
         ),
     ] = None,
     encoders: Annotated[
@@ -138,6 +183,15 @@ def benchmark_cmd(
             help="Give instruction-tuned encoders the generic question instead of each task's (for comparison).",
         ),
     ] = False,
+    predicates: PredicatesOption = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictions",
+            help="Also write every cell's held-out predictions in meds-evaluation's format under this folder "
+            "(TASK/ENCODER/HEAD/k{K}_r{REPLICATE}.parquet).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Few-shot benchmark (EHRSHOT protocol) of encoders and heads on tasks; writes a report."""
@@ -164,9 +218,10 @@ def benchmark_cmd(
             sample_background=sample_background,
             seed=seed,
             generic_instruction=generic_instruction,
+            predictions=predictions,
         )
         ds = MedsDataset.open(dataset)
-        specs = resolve_tasks(split_list(tasks) or ["all"])
+        specs = resolve_tasks(split_list(tasks) or ["all"], predicates=predicates)
         with stage_progress() as update:
             result = benchmark_dataset(ds, specs, out, config, progress=update, say=lambda m: err_console.print(m))
     summary = {

@@ -30,7 +30,7 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME
-from ehrembed.encoders.job import EmbedConfig, embed_records
+from ehrembed.encoders.job import AsOf, EmbedConfig, embed_records
 from ehrembed.fsutil import atomic_dir, atomic_write_text, restore_interrupted
 from ehrembed.predict.features import DEFAULT_FUSION_COMPONENTS as FUSION_COMPONENTS
 from ehrembed.predict.features import FUSION_PREFIX, DenseBlock, count_features
@@ -43,6 +43,8 @@ CARD_FILE = "card.json"
 COUNT_COLUMNS_FILE = "count_columns.json"
 FUSION_FILE_PREFIX = "fusion_"
 EXAMPLES_FILE = "examples.parquet"
+BOOLEAN_VALUE = "boolean_value"
+"""The label column of stored examples (the MEDS label schema's; heads saved before it used ``label``)."""
 VECTORS_FILE = "vectors.npy"
 HEAD_DIR = "head"
 
@@ -54,7 +56,7 @@ class FittedHead:
     head_id: str
     head: Head
     spec: EncoderSpec
-    examples: pl.DataFrame  # subject_id, prediction_time, label
+    examples: pl.DataFrame  # subject_id, prediction_time, boolean_value (the MEDS label schema's names)
     vectors: np.ndarray
     card: dict[str, Any] = field(default_factory=dict)
     fusion: DenseBlock | None = None
@@ -117,9 +119,9 @@ def _examples_frame(examples: list[s.Label]) -> pl.DataFrame:
         {
             s.SUBJECT_ID: [e.subject_id for e in examples],
             PREDICTION_TIME: [e.prediction_time for e in examples],
-            "label": [bool(e.value) for e in examples],
+            BOOLEAN_VALUE: [bool(e.value) for e in examples],
         },
-        schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us"), "label": pl.Boolean},
+        schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us"), BOOLEAN_VALUE: pl.Boolean},
     )
 
 
@@ -159,7 +161,7 @@ def fit_head(
             "no record by then)"
         )
     vectors = np.asarray(embeddings.vectors, dtype=np.float32)[joined.get_column("__row").to_numpy()]
-    y = joined.get_column("label").to_numpy().astype(np.int64)
+    y = joined.get_column(BOOLEAN_VALUE).to_numpy().astype(np.int64)
     split_of = dict(dataset.splits().select(s.SUBJECT_ID, s.SPLIT).iter_rows())
     is_val = np.array([split_of.get(int(i)) == s.Split.TUNING.value for i in joined.get_column(s.SUBJECT_ID)])
     if len(np.unique(y[~is_val])) < 2 or len(np.unique(y[is_val])) < 2:
@@ -186,7 +188,7 @@ def fit_head(
     else:
         metrics["note"] = "no validation metrics: the tuning-split examples do not hold both classes"
     head_id = uuid.uuid4().hex[:12]
-    examples_out = joined.select(s.SUBJECT_ID, PREDICTION_TIME, "label")
+    examples_out = joined.select(s.SUBJECT_ID, PREDICTION_TIME, BOOLEAN_VALUE)
     card = {
         "head_id": head_id,
         "kind": head_kind,
@@ -237,7 +239,7 @@ def load_fitted(folder: Path) -> FittedHead:
         head_id=card["head_id"],
         head=load_head(folder / HEAD_DIR),
         spec=EncoderSpec.from_dict(card["encoder"]),
-        examples=pl.read_parquet(folder / EXAMPLES_FILE),
+        examples=pl.read_parquet(folder / EXAMPLES_FILE).rename({"label": BOOLEAN_VALUE}, strict=False),
         vectors=np.load(folder / VECTORS_FILE),
         card=card,
         fusion=block,
@@ -251,7 +253,7 @@ def embed_for_head(
     dataset: MedsDataset | None = None,
     *,
     subject_ids: list[int] | None = None,
-    as_of: dt.datetime | None = None,
+    as_of: AsOf = None,
     records: list[str] | None = None,
 ) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
     """Vectors the head can score, made the way its training examples were (same encoder and instruction):

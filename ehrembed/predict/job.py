@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +51,7 @@ from ehrembed.predict.features import (
 )
 from ehrembed.predict.labelers import LabelSet, label_dataset
 from ehrembed.predict.ontology import Ontology
+from ehrembed.predict.outputs import encoding_section, write_cell_predictions, write_run_card
 from ehrembed.predict.report import write_report
 from ehrembed.predict.tasks import TaskError, TaskSpec
 
@@ -126,6 +126,8 @@ class BenchmarkJobConfig:
     sample_background: int | None = None
     seed: int = 0
     guidelines_kb: str | None = None
+    predictions: Path | None = None
+    """A folder for every cell's held-out predictions in meds-evaluation's format (None: not written)."""
 
 
 @dataclass
@@ -223,6 +225,11 @@ def label_keys(labelsets: Sequence[LabelSet]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema={s.SUBJECT_ID: pl.Int64, PREDICTION_TIME: pl.Datetime("us")})
     return pl.concat(frames).unique().sort(s.SUBJECT_ID, PREDICTION_TIME)
+
+
+def labels_frame(labelsets: Sequence[LabelSet]) -> pl.DataFrame:
+    """Every label as one row: subject_id, prediction_time, value, task (what soft-label distillation reads)."""
+    return pl.concat([ls.frame().with_columns(task=pl.lit(ls.task.name)) for ls in labelsets])
 
 
 def times_by_subject(keys: pl.DataFrame) -> dict[int, list[Any]]:
@@ -384,18 +391,6 @@ def fuse(counts: Features, partner: EncoderFeatures, name: str, fit_subjects: np
     return fused_features(counts, partner, name, fit_subjects=fit_subjects)
 
 
-def _encoding_section(encoding: dict[str, dict[str, Any]]) -> str:
-    rows = []
-    for name, info in encoding.items():
-        speed = info.get("records_per_second")
-        rows.append(
-            f"| {name} | {info.get('encoder', info.get('source', '-'))} | {info.get('max_tokens', '-')} | "
-            f"{info.get('encoded', '-')} | {info.get('cached', '-')} | {'-' if speed is None else f'{speed:.2f}'} |"
-        )
-    header = "| encoder | model | token window | records encoded | from cache | records/s (serialize + encode) |"
-    return "\n".join([header, "|---|---|---|---|---|---|", *rows])
-
-
 def benchmark_dataset(
     dataset: MedsDataset,
     tasks: Sequence[TaskSpec],
@@ -483,9 +478,12 @@ def benchmark_dataset(
         say=say,
     )
     timings["benchmark"] = time.perf_counter() - started
+    if config.predictions is not None:
+        written = write_cell_predictions(result, labelsets, Path(config.predictions))
+        say(f"predictions: {written:,} files (meds-evaluation format) in {config.predictions}")
     extra = {}
     if encoding:
-        extra["Encoding speed"] = _encoding_section(encoding)
+        extra["Encoding speed"] = encoding_section(encoding)
     if skipped:
         extra["Tasks not run"] = "\n".join(f"- {reason}" for reason in skipped.values())
     report = write_report(
@@ -497,34 +495,3 @@ def benchmark_dataset(
     )
     write_run_card(out, dataset, tasks, config, encoding, timings)
     return BenchmarkJobResult(report, result, labelsets, skipped, encoding, timings)
-
-
-def write_run_card(
-    out: Path,
-    dataset: MedsDataset,
-    tasks: Sequence[TaskSpec],
-    config: BenchmarkJobConfig,
-    encoding: dict[str, dict[str, Any]],
-    timings: dict[str, float],
-) -> Path:
-    """``run.json`` beside the report: the resolved config, tasks, inputs' fingerprints, versions, timings."""
-    from ehrembed.fsutil import atomic_write_text, sha256_file
-    from ehrembed.versions import package_versions
-
-    card = {
-        "config": dataclasses.asdict(config),
-        "dataset": {
-            "name": dataset.name,
-            "path": str(dataset.root.resolve()),
-            "sha256": sha256_file(dataset.root / s.DATA_DIR),
-        },
-        "tasks": [t.to_dict() for t in tasks],
-        "encoders": encoding,
-        "versions": package_versions(
-            ("ehrembed", "lightgbm", "scikit-learn", "faiss-cpu", "torch", "transformers", "polars")
-        ),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-    }
-    path = Path(out) / "run.json"
-    atomic_write_text(path, json.dumps(card, indent=2, default=str) + "\n")
-    return path

@@ -22,6 +22,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -30,9 +31,12 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.tasks import (
+    EXTERNAL_RULES,
     AbnormalLabOutcome,
+    AcesOutcome,
     CodesOutcome,
     IcuTransferOutcome,
+    LabelsOutcome,
     LengthOfStayOutcome,
     ReadmissionOutcome,
     TaskError,
@@ -318,6 +322,8 @@ def label_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> LabelSet:
     """Label every patient (or ``subject_ids``) of a dataset for one task."""
+    if task.outcome.rule in EXTERNAL_RULES:
+        return LabelSet(task, external_labels(task, dataset, subject_ids))
     ontology = ontology or Ontology.from_dataset(dataset)
     codes = outcome_codes(task, ontology)
     if task.prediction_times.rule in ("admission_day", "discharge_day"):
@@ -335,3 +341,18 @@ def label_dataset(
         if progress is not None and (done % 500 == 0 or done == total):
             progress(done, total)
     return LabelSet(task, labels, skipped, codes)
+
+
+def external_labels(task: TaskSpec, dataset: MedsDataset, subject_ids: Sequence[int] | None = None) -> list[s.Label]:
+    """An ACES task's labels (run by es-aces on the dataset) or a labels folder's, for the dataset's subjects."""
+    from ehrembed.predict import aces, meds_labels
+
+    outcome = task.outcome
+    if isinstance(outcome, AcesOutcome):
+        frame = aces.aces_labels(outcome.config, outcome.predicates, dataset)
+    elif isinstance(outcome, LabelsOutcome):
+        frame = meds_labels.read_labels(Path(outcome.path))
+    else:  # pragma: no cover - guarded by the caller
+        raise TaskError(f"task {task.name}: {outcome.rule} labels are made by ehrembed's labelers")
+    known = subject_ids if subject_ids is not None else dataset.subject_ids()
+    return meds_labels.labels_of(frame, known)

@@ -64,7 +64,8 @@ def _check_codes(codes: Sequence[str], what: str) -> list[str]:
 class PredictionTimes(_Frozen):
     """When labels are made. ``time`` is the clock time on the chosen day (``HH:MM``)."""
 
-    rule: Literal["visit_days", "admission_day", "discharge_day", "before_lab"] = "visit_days"
+    rule: Literal["visit_days", "admission_day", "discharge_day", "before_lab", "given"] = "visit_days"
+    """``given``: the outcome brings its own prediction times (an ACES config's index times, a labels folder)."""
     time: str = "23:59"
     offset_minutes: int = Field(default=1, ge=0, le=24 * 60)
     """``before_lab``: how long before the result the prediction is made."""
@@ -166,10 +167,35 @@ class AbnormalLabOutcome(_Frozen):
         return self
 
 
+class AcesOutcome(_Frozen):
+    """Labels from an ACES task config (MEDS-DEV's format), run by the ``es-aces`` package
+    (:mod:`ehrembed.predict.aces`): ``config`` is the config itself, ``predicates`` the dataset's
+    predicates laid over its own (filling MEDS-DEV's ``???``)."""
+
+    rule: Literal["aces"]
+    config: dict[str, Any]
+    predicates: dict[str, Any] | None = None
+
+
+class LabelsOutcome(_Frozen):
+    """Labels given as MEDS label files (:mod:`ehrembed.predict.meds_labels`): ``path`` is the task's folder."""
+
+    rule: Literal["labels"]
+    path: str
+
+
 Outcome = Annotated[
-    CodesOutcome | LengthOfStayOutcome | ReadmissionOutcome | IcuTransferOutcome | AbnormalLabOutcome,
+    CodesOutcome
+    | LengthOfStayOutcome
+    | ReadmissionOutcome
+    | IcuTransferOutcome
+    | AbnormalLabOutcome
+    | AcesOutcome
+    | LabelsOutcome,
     Field(discriminator="rule"),
 ]
+EXTERNAL_RULES = ("aces", "labels")
+"""Outcome rules whose labels (and prediction times) come from outside ehrembed's labelers."""
 
 _DEFAULT_TIMES = {
     "codes": "visit_days",
@@ -177,6 +203,8 @@ _DEFAULT_TIMES = {
     "readmission": "discharge_day",
     "icu_transfer": "admission_day",
     "abnormal_lab": "before_lab",
+    "aces": "given",
+    "labels": "given",
 }
 _ALLOWED_TIMES = {
     "codes": {"visit_days", "admission_day", "discharge_day"},
@@ -184,6 +212,8 @@ _ALLOWED_TIMES = {
     "readmission": {"discharge_day"},
     "icu_transfer": {"admission_day"},
     "abnormal_lab": {"before_lab"},
+    "aces": {"given"},
+    "labels": {"given"},
 }
 
 
@@ -282,16 +312,46 @@ def parse_task(data: Any, *, source: str = "task") -> TaskSpec:
         raise TaskError(f"{source}: {_explain(exc)}") from None
 
 
-def load_task(path: Path | str) -> TaskSpec:
-    """Read and validate one task file (YAML or JSON)."""
+def load_task(path: Path | str, *, predicates: Mapping[str, Any] | None = None) -> TaskSpec:
+    """Read and validate one task: our YAML (or JSON), an ACES config, or a MEDS labels folder.
+
+    ``predicates`` (a dataset predicates mapping, :func:`ehrembed.predict.aces.load_predicates`) fills
+    an ACES config's dataset-specific predicates.
+    """
+    from ehrembed.predict import aces, meds_labels
+
     path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        if not meds_labels.is_labels_folder(path):
+            raise TaskError(f"{path}: neither a task file nor a folder of MEDS label files")
+        return external_task(path.name, LabelsOutcome(rule="labels", path=str(path.resolve())), "")
     if not path.is_file():
         raise TaskError(f"task file {path} not found (built-in tasks: {', '.join(builtin_task_names())})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise TaskError(f"{path}: not valid YAML ({exc})") from None
+    if aces.is_aces_config(data):
+        metadata = data.get("metadata") if isinstance(data.get("metadata"), Mapping) else {}
+        description = aces.first_sentence(str(metadata.get("description") or data.get("description") or ""))
+        config = {key: value for key, value in data.items() if key in aces.CONFIG_KEYS}
+        outcome = AcesOutcome(rule="aces", config=config, predicates=dict(predicates) if predicates else None)
+        task = external_task(aces.task_name(path.resolve()), outcome, description)
+        instruction = metadata.get("instruction")
+        return task.model_copy(update={"instruction": str(instruction)}) if instruction else task
     return parse_task(data, source=str(path))
+
+
+def external_task(name: str, outcome: AcesOutcome | LabelsOutcome, description: str) -> TaskSpec:
+    """A task whose labels come from outside (an ACES config, a labels folder)."""
+    safe = re.sub(r"[^a-z0-9_\-]+", "_", name.lower()).strip("_-")[:64] or "task"
+    return TaskSpec(
+        name=safe,
+        description=description,
+        group="custom",
+        prediction_times=PredictionTimes(rule="given"),
+        outcome=outcome,
+    )
 
 
 def builtin_task_names() -> list[str]:
@@ -306,8 +366,13 @@ def builtin_tasks(group: str | None = None) -> list[TaskSpec]:
     return [t for t in tasks if group is None or t.group == group]
 
 
-def resolve_tasks(refs: Sequence[str | Path]) -> list[TaskSpec]:
-    """Task files, built-in task names, or built-in group names (``operational``) → tasks, in order."""
+def resolve_tasks(refs: Sequence[str | Path], *, predicates: Path | str | None = None) -> list[TaskSpec]:
+    """Task files, built-in task names or groups (``operational``), ACES configs (``meds-dev:PATH`` for one
+    of the installed MEDS-DEV tasks), MEDS label folders (a root with one folder per task counts as all of
+    them) → tasks, in order. ``predicates``: a dataset predicates file for ACES configs."""
+    from ehrembed.predict import aces, meds_labels
+
+    dataset_predicates = aces.load_predicates(predicates) if predicates is not None else None
     out: dict[str, TaskSpec] = {}
     builtin = builtin_task_names()
     for ref in refs:
@@ -318,8 +383,22 @@ def resolve_tasks(refs: Sequence[str | Path]) -> list[TaskSpec]:
             found = builtin_tasks()
         elif text in builtin and not Path(text).exists():
             found = [load_task(TASKS_DIR / f"{text}.yaml")]
+        elif text.startswith(aces.MEDS_DEV_PREFIX):
+            found = [load_task(aces.meds_dev_task(text), predicates=dataset_predicates)]
+        elif Path(text).is_dir() and not meds_labels.is_labels_folder(Path(text)):
+            raise TaskError(f"{text}: a folder that holds no MEDS label files")
+        elif Path(text).is_dir() and not list(Path(text).glob("*.parquet")):
+            root = Path(text)
+            found = [
+                external_task(
+                    "-".join(folder.relative_to(root).parts),
+                    LabelsOutcome(rule="labels", path=str(folder.resolve())),
+                    "",
+                )
+                for folder in meds_labels.task_folders(root)
+            ]
         else:
-            found = [load_task(text)]
+            found = [load_task(text, predicates=dataset_predicates)]
         for task in found:
             if task.name in out and out[task.name] != task:
                 raise TaskError(f"two different tasks are named {task.name!r}")

@@ -247,7 +247,7 @@ def _head_examples(served: Served) -> tuple[list[int], list[dict[str, object]]]:
     """The served cohort's subject ids, and labelled examples on the first 80 of them."""
     ids = served.dataset.splits().get_column("subject_id").sort().to_list()
     examples = [
-        {"subject_id": sid, "prediction_time": "2020-06-01T00:00:00", "label": i % 3 == 0}
+        {"subject_id": sid, "prediction_time": "2020-06-01T00:00:00", "boolean_value": i % 3 == 0}
         for i, sid in enumerate(ids[:80])
     ]
     return ids, examples
@@ -279,7 +279,36 @@ def test_heads_fit_predict_with_evidence(served: Served) -> None:
     )
     assert inline.status_code == 200 and inline.json()["predictions"][0]["guidelines"]
     assert c.get(f"/v1/heads/{head['head_id']}", headers=served.headers()).json()["head_id"] == head["head_id"]
-    one_class = [{**e, "label": False} for e in examples]
+    # labelled examples scored at their own times, in meds-evaluation's rows
+    labelled = [
+        {"subject_id": sid, "prediction_time": "2020-03-01T00:00:00", "boolean_value": i % 2 == 0}
+        for i, sid in enumerate(ids[80:90])
+    ]
+    meds = c.post(
+        f"/v1/heads/{head['head_id']}/predict", json={"examples": labelled, "format": "meds"}, headers=served.headers()
+    )
+    assert meds.status_code == 200, meds.text
+    rows = meds.json()["predictions"]
+    assert meds.json()["format"] == "meds" and len(rows) == 10
+    assert set(rows[0]) == {
+        "subject_id", "prediction_time", "boolean_value", "predicted_boolean_probability", "predicted_boolean_value"
+    }  # fmt: skip
+    truth = {(e["subject_id"], e["prediction_time"]): e["boolean_value"] for e in labelled}
+    assert all(truth[(r["subject_id"], r["prediction_time"])] == r["boolean_value"] for r in rows)
+    refused = c.post(
+        f"/v1/heads/{head['head_id']}/predict",
+        json={"records": ["a record"], "format": "meds"},
+        headers=served.headers(),
+    )
+    assert "format meds" in _error(refused, 422)["message"]
+    # the old spelling of the label still fits a head
+    old = [{"subject_id": e["subject_id"], "prediction_time": e["prediction_time"], "label": e["boolean_value"]}
+           for e in examples]  # fmt: skip
+    again = c.post(
+        "/v1/heads", json={"dataset": "demo", "examples": old, "encoder": "tiny"}, headers=served.headers("write")
+    )
+    assert again.status_code == 201, again.text
+    one_class = [{**e, "boolean_value": False} for e in examples]
     _error(
         c.post(
             "/v1/heads",

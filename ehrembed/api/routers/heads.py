@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
 from ehrembed.api.deps import AUDITED, ReadKey, StateDep, WriteKey, audit, audit_write, require_subjects, resolve_task
 from ehrembed.api.errors import ApiError
-from ehrembed.api.schemas import HeadIn, HeadOut, PassageOut, PredictIn, PredictionOut, PredictOut
+from ehrembed.api.schemas import (
+    HeadIn,
+    HeadOut,
+    MedsPredictionOut,
+    MedsPredictOut,
+    PassageOut,
+    PredictIn,
+    PredictionOut,
+    PredictOut,
+)
+from ehrembed.encoders.job import AsOf
 from ehrembed.predict.features import FUSION_PREFIX
 from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
 from ehrembed.predict.job import case_cohort_keys, restrict
@@ -53,7 +64,7 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
         else:
             assert body.examples is not None
             require_subjects(handle, [e.subject_id for e in body.examples], "examples")
-            examples = [Label(e.subject_id, e.prediction_time, e.label) for e in body.examples]
+            examples = [Label(e.subject_id, e.prediction_time, e.boolean_value) for e in body.examples]
         audit_write(request, state, body.dataset, sorted({e.subject_id for e in examples}))
         fitted = fit_head(
             handle.dataset,
@@ -78,19 +89,20 @@ def show(head_id: Annotated[str, Path(min_length=1, max_length=64)], state: Stat
     return _head_out(state.head(head_id))
 
 
-@router.post("/{head_id}/predict", response_model=PredictOut, openapi_extra=AUDITED)
+@router.post("/{head_id}/predict", response_model=PredictOut | MedsPredictOut, openapi_extra=AUDITED)
 def predict(
     head_id: Annotated[str, Path(min_length=1, max_length=64)],
     body: PredictIn,
     state: StateDep,
     request: Request,
     _key: ReadKey,
-) -> PredictOut:
-    """Probabilities for stored subjects or inline records, with the most similar labelled examples
-    and relevant guideline passages as evidence."""
-    audit(request, None, body.subject_ids or [])
+) -> PredictOut | MedsPredictOut:
+    """Probabilities for stored subjects, labelled examples or inline records, with the most similar labelled
+    examples and relevant guideline passages as evidence; ``format: meds`` answers in meds-evaluation's rows."""
+    asked = body.subject_ids or sorted({e.subject_id for e in body.examples or []})
+    audit(request, None, asked)
     fitted = state.head(head_id)
-    audit(request, fitted.card["dataset"], body.subject_ids or [])
+    audit(request, fitted.card["dataset"], asked)
     encoder = state.encoder_for(fitted.spec)
     if encoder is None:
         raise ApiError(409, f"the encoder of head {head_id} ({fitted.spec.name}) is not available here", "head_id")
@@ -108,15 +120,17 @@ def predict(
             hits = kb.search(text[:2000], k=body.guidelines, per_guideline=1) if augmenter and kb else []
             passages.append([PassageOut(**h.as_dict()) for h in hits])
     else:
-        assert body.subject_ids is not None
         dataset = fitted.card["dataset"]
         handle = state.dataset(dataset)
         with handle.lock.read():
-            require_subjects(handle, body.subject_ids, "subject_ids")
-            as_of = body.as_of
-            vectors, subjects, times = embed_for_head(
-                fitted, encoder, handle.dataset, subject_ids=body.subject_ids, as_of=as_of
-            )
+            require_subjects(handle, asked, "examples" if body.examples is not None else "subject_ids")
+            as_of: AsOf = body.as_of
+            if body.examples is not None:
+                wanted: dict[int, list[dt.datetime]] = {}
+                for example in body.examples:
+                    wanted.setdefault(example.subject_id, []).append(example.prediction_time)
+                as_of = wanted
+            vectors, subjects, times = embed_for_head(fitted, encoder, handle.dataset, subject_ids=asked, as_of=as_of)
             ontology = handle.count_ontology() if fitted.fusion is not None else None
             features = fitted.features(vectors, handle.dataset, subjects, times, ontology)
             for sid, when in zip(subjects, times, strict=True):
@@ -125,7 +139,24 @@ def predict(
                     patient = handle.dataset.patient(sid)
                     hits = relevant_guidelines(patient, when, handle.vocabulary, augmenter)[: body.guidelines]
                 passages.append([PassageOut(**h.as_dict()) for h in hits])
-    probabilities, evidence = fitted.predict(vectors, evidence=body.evidence, features=features)
+    probabilities, evidence = fitted.predict(
+        vectors, evidence=0 if body.format == "meds" else body.evidence, features=features
+    )
+    if body.format == "meds":
+        truth = {(e.subject_id, e.prediction_time): e.boolean_value for e in body.examples or []}
+        rows = []
+        for sid, when, p in zip(subjects, times, probabilities, strict=True):
+            assert sid is not None and when is not None  # records are refused with format meds
+            rows.append(
+                MedsPredictionOut(
+                    subject_id=sid,
+                    prediction_time=when,
+                    boolean_value=truth.get((sid, when)),
+                    predicted_boolean_probability=float(p),
+                    predicted_boolean_value=bool(p >= 0.5),
+                )
+            )
+        return MedsPredictOut(head_id=head_id, predictions=rows)
     predictions = [
         PredictionOut(subject_id=sid, as_of=when, probability=float(p), similar_examples=ev, guidelines=gl)
         for sid, when, p, ev, gl in zip(subjects, times, probabilities, evidence, passages, strict=True)
