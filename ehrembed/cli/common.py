@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(help="Records in: convert OMOP CDM or FHIR R4 into a MEDS folder.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+export_app = typer.Typer(help="Data out: a MEDS folder in another layout.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 guidelines_app = typer.Typer(
     help="Guideline knowledge base: build it from Markdown guidelines, search it (BM25, dense, hybrid).",
     no_args_is_help=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from ehrembed.cli.common import (
     app,
     bar_progress,
     err_console,
+    export_app,
     fail,
     ingest_app,
     out_console,
@@ -116,6 +118,36 @@ def synth_cmd(
             )
         register_dataset(out, "synth")
     _report_ingest(report, as_json)
+
+
+class MedsLayout(StrEnum):
+    """How ``export meds`` lays out the data shards (``ehrembed.ehr.meds.export_meds``)."""
+
+    by_split = "split"
+    flat = "flat"
+
+
+@export_app.command("meds")
+def export_meds_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    out: Annotated[Path, typer.Option("--out", help="The MEDS folder to write.")],
+    layout: Annotated[
+        MedsLayout,
+        typer.Option(help="split: data/{train,tuning,held_out}/*.parquet (what meds-tab reads); flat: data/*.parquet."),
+    ] = MedsLayout.by_split,
+    overwrite: OverwriteFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy a MEDS folder in another shard layout (the metadata and splits stay the same)."""
+    from ehrembed.ehr.meds import MedsDataset, export_meds
+
+    with user_errors():
+        written = export_meds(MedsDataset.open(dataset), out, layout=layout.value, overwrite=overwrite)
+    if as_json:
+        print_json({"out": str(out), "layout": layout.value, "shards": written})
+        return
+    parts = ", ".join(f"{name} {n}" for name, n in written.items())
+    out_console.print(f"[green]wrote[/] {out} ({layout.value} layout; shards: {parts})")
 
 
 @app.command("info")

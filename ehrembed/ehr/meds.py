@@ -2,6 +2,8 @@
 
 Layout (MEDS 0.4): ``data/*.parquet`` (events sorted by subject then time, each subject in one
 shard), ``metadata/codes.parquet``, ``metadata/subject_splits.parquet``, ``metadata/dataset.json``.
+Folders with nested shards (``data/train/0.parquet``: the split layout, :func:`export_meds`) are
+read the same way; ehrembed writes flat shards.
 Writes are atomic: a dataset is built in a scratch folder and renamed into place, so a failed
 ingest leaves no half-written dataset behind.
 """
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -233,7 +236,7 @@ def finish_dataset(
     """Write the metadata folder for the shards already under ``root/data``."""
     meta = root / "metadata"
     meta.mkdir(parents=True, exist_ok=True)
-    lazy = pl.scan_parquet(root / s.DATA_DIR / "*.parquet")
+    lazy = pl.scan_parquet(sorted((root / s.DATA_DIR).rglob("*.parquet")))
     used = lazy.select(pl.col(s.CODE).unique()).collect().get_column(s.CODE)
     codes = conform_codes(codes)
     missing = pl.DataFrame({s.CODE: used}).join(codes.select(s.CODE), on=s.CODE, how="anti")
@@ -286,13 +289,16 @@ class MedsDataset:
 
             with write_lock(root):  # waits for a live upsert to end; then only a crashed one is left to finish
                 recover(root)
-        if not any((root / s.DATA_DIR).glob("*.parquet")):
-            raise MedsError(f"{root}: no data/*.parquet shards; is this a MEDS dataset folder?")
+        if not any((root / s.DATA_DIR).rglob("*.parquet")):
+            raise MedsError(f"{root}: no data/**/*.parquet shards; is this a MEDS dataset folder?")
         return cls(root)
 
     @property
     def shards(self) -> list[Path]:
-        return sorted((self.root / s.DATA_DIR).glob("*.parquet"), key=_shard_key)
+        """``data/*.parquet`` (ehrembed's layout) and ``data/**/*.parquet`` (e.g. ``data/train/0.parquet``, the
+        split layout meds-tab and many MEDS releases use), in a stable order."""
+        data = self.root / s.DATA_DIR
+        return sorted(data.rglob("*.parquet"), key=lambda p: (*_shard_key(p), str(p.relative_to(data).parent)))
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -370,3 +376,38 @@ def patients_from_frame(frame: pl.DataFrame, block_events: int = 65_536) -> Iter
 
 def _shard_key(path: Path) -> tuple[int, str]:
     return (int(path.stem), "") if path.stem.isdigit() else (1 << 60, path.stem)
+
+
+Layout = Literal["flat", "split"]
+
+
+def export_meds(
+    dataset: MedsDataset, out: Path, *, layout: Layout = "split", overwrite: bool = False
+) -> dict[str, int]:
+    """Copy a dataset to ``out`` (atomically): ``split`` puts each split's subjects under
+    ``data/{train,tuning,held_out}/{n}.parquet`` (what meds-tab reads), ``flat`` keeps ``data/{n}.parquet``.
+    The metadata folder is copied as is. Returns the shards written per split (or ``{"all": n}``)."""
+    splits = dataset.splits().select(s.SUBJECT_ID, s.SPLIT)
+    written: dict[str, int] = {}
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+        for shard in dataset.shards:
+            frame = pl.read_parquet(shard)
+            parts = frame.join(splits, on=s.SUBJECT_ID, how="left") if layout == "split" else None
+            groups = (
+                [("all", frame)]
+                if parts is None
+                else [
+                    (str(name), part.drop(s.SPLIT))
+                    for (name,), part in parts.with_columns(pl.col(s.SPLIT).fill_null("unassigned"))
+                    .partition_by(s.SPLIT, as_dict=True, maintain_order=True)
+                    .items()
+                ]
+            )
+            for name, part in groups:
+                folder = tmp / s.DATA_DIR if name == "all" else tmp / s.DATA_DIR / name
+                folder.mkdir(parents=True, exist_ok=True)
+                n = written.get(name, 0)
+                pq.write_table(part.to_arrow(), folder / f"{n}.parquet")
+                written[name] = n + 1
+        shutil.copytree(dataset.root / "metadata", tmp / "metadata")
+    return written
