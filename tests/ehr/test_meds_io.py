@@ -67,7 +67,7 @@ def test_open_rejects_non_meds_folders(tmp_path: Path) -> None:
     with pytest.raises(MedsError, match="no such dataset folder"):
         MedsDataset.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MedsError, match=r"no data/\*\.parquet"):
+    with pytest.raises(MedsError, match=r"no data/\*\*/\*\.parquet"):
         MedsDataset.open(tmp_path / "empty")
 
 
