@@ -254,7 +254,15 @@ def print_stats(stats: dict[str, Any]) -> None:
     table.add_row("described events", f"{cov['event_coverage']:.1%} ({cov['events_by_source']})")
     table.add_row("described codes", f"{cov['code_coverage']:.1%}")
     table.add_row("events by domain", ", ".join(f"{k} {v:,}" for k, v in stats["events_by_domain"].items()))
+    by_vocabulary = stats.get("coverage_by_vocabulary") or {}
+    table.add_row("described by vocabulary", vocabulary_coverage_line(by_vocabulary))
     out_console.print(table)
+
+
+def vocabulary_coverage_line(by_vocabulary: dict[str, dict[str, int]], top: int = 8) -> str:
+    """``LOINC 12/40 codes, RxNorm 0/9 codes, ...``: described codes per vocabulary, most events first."""
+    parts = [f"{name} {row['codes_described']}/{row['codes']}" for name, row in list(by_vocabulary.items())[:top]]
+    return ", ".join(parts) + (" codes" if parts else "")
 
 
 @contextlib.contextmanager

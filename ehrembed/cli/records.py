@@ -150,6 +150,32 @@ def export_meds_cmd(
     out_console.print(f"[green]wrote[/] {out} ({layout.value} layout; shards: {parts})")
 
 
+@app.command("describe-codes")
+def describe_codes_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
+    concepts: Annotated[
+        Path, typer.Option("--concepts", help="An OMOP vocabulary export's CONCEPT.csv (Athena's, tab-separated).")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Fill codes without a description from an OMOP vocabulary export (the dataset's own descriptions win)."""
+    from ehrembed.ehr.athena import describe_codes
+    from ehrembed.ehr.meds import MedsDataset
+
+    with user_errors():
+        report = describe_codes(MedsDataset.open(dataset), concepts)
+    if as_json:
+        print_json({"filled": report.filled, "before": report.before, "after": report.after})
+        return
+    out_console.print(f"[green]described[/] {report.filled:,} more code(s) from {concepts}")
+    for name, after in report.after.items():
+        before = report.before.get(name, after)
+        out_console.print(
+            f"  {name:<12} codes {before['codes_described']:,} → {after['codes_described']:,} of {after['codes']:,}, "
+            f"events {before['events_described']:,} → {after['events_described']:,} of {after['events']:,}"
+        )
+
+
 @app.command("info")
 def info_cmd(dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")], as_json: JsonFlag = False) -> None:
     """Subjects, events, codes and description coverage of a MEDS folder."""

@@ -8,7 +8,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.vocabulary import Vocabulary, coverage
+from ehrembed.ehr.vocabulary import Vocabulary, coverage, coverage_by_vocabulary
 
 
 def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
@@ -61,4 +61,5 @@ def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) ->
             {"code": code, "description": vocabulary.describe(code), "events": n} for code, n in top.iter_rows()
         ],
         "description_coverage": cov.as_dict(),
+        "coverage_by_vocabulary": coverage_by_vocabulary(dataset, vocabulary),
     }

@@ -218,3 +218,19 @@ def coverage(dataset: MedsDataset, vocabulary: Vocabulary | None = None, top: in
         codes_by_source=codes_by,
         top_undescribed=undescribed[:top],
     )
+
+
+def coverage_by_vocabulary(dataset: MedsDataset, vocabulary: Vocabulary | None = None) -> dict[str, dict[str, int]]:
+    """Per vocabulary prefix (``LOINC``, ``RxNorm``, ...): distinct codes and events, and how many are described."""
+    vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
+    counts = dataset.scan().group_by(s.CODE).agg(pl.len().alias("n")).collect()
+    out: dict[str, dict[str, int]] = {}
+    for code, n in counts.iter_rows():
+        prefix = _split(code)[0] or code
+        row = out.setdefault(prefix, {"codes": 0, "codes_described": 0, "events": 0, "events_described": 0})
+        described = vocabulary.describe(code) is not None
+        row["codes"] += 1
+        row["events"] += n
+        row["codes_described"] += described
+        row["events_described"] += n if described else 0
+    return dict(sorted(out.items(), key=lambda item: -item[1]["events"]))
