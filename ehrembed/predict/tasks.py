@@ -303,9 +303,22 @@ def _explain(exc: ValidationError) -> str:
 
 
 def parse_task(data: Any, *, source: str = "task") -> TaskSpec:
-    """Validate a task definition (a mapping, e.g. parsed YAML or JSON)."""
+    """Validate a task definition (a mapping, e.g. parsed YAML or JSON): ours, or an ACES config with a
+    ``name`` (and optionally ``dataset_predicates``, the predicates file's mapping)."""
+    from ehrembed.predict import aces
+
     if not isinstance(data, Mapping):
         raise TaskError(f"{source}: a task must be a mapping of fields, got {type(data).__name__}")
+    if aces.is_aces_config(data):
+        name = data.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TaskError(
+                f"{source}: an ACES config given as a task needs a name (lowercase letters, digits, _ or -)"
+            )
+        predicates = data.get("dataset_predicates")
+        if predicates is not None and not isinstance(predicates, Mapping):
+            raise TaskError(f"{source}: dataset_predicates must be a mapping of predicate definitions")
+        return aces_task(data, name, predicates)
     try:
         return TaskSpec.model_validate(dict(data))
     except ValidationError as exc:
@@ -332,14 +345,22 @@ def load_task(path: Path | str, *, predicates: Mapping[str, Any] | None = None) 
     except yaml.YAMLError as exc:
         raise TaskError(f"{path}: not valid YAML ({exc})") from None
     if aces.is_aces_config(data):
-        metadata = data.get("metadata") if isinstance(data.get("metadata"), Mapping) else {}
-        description = aces.first_sentence(str(metadata.get("description") or data.get("description") or ""))
-        config = {key: value for key, value in data.items() if key in aces.CONFIG_KEYS}
-        outcome = AcesOutcome(rule="aces", config=config, predicates=dict(predicates) if predicates else None)
-        task = external_task(aces.task_name(path.resolve()), outcome, description)
-        instruction = metadata.get("instruction")
-        return task.model_copy(update={"instruction": str(instruction)}) if instruction else task
+        return aces_task(data, aces.task_name(path.resolve()), predicates)
     return parse_task(data, source=str(path))
+
+
+def aces_task(data: Mapping[str, Any], name: str, predicates: Mapping[str, Any] | None = None) -> TaskSpec:
+    """An ACES config (with optional ``metadata.description`` / ``metadata.instruction``) as a task."""
+    from ehrembed.predict import aces
+
+    found = data.get("metadata")
+    metadata: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    description = aces.first_sentence(str(metadata.get("description") or data.get("description") or ""))
+    config = {key: value for key, value in data.items() if key in aces.CONFIG_KEYS}
+    outcome = AcesOutcome(rule="aces", config=config, predicates=dict(predicates) if predicates else None)
+    task = external_task(name, outcome, description)
+    instruction = metadata.get("instruction") or data.get("instruction")
+    return task.model_copy(update={"instruction": str(instruction)}) if instruction else task
 
 
 def external_task(name: str, outcome: AcesOutcome | LabelsOutcome, description: str) -> TaskSpec:

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from ehrembed.api.schemas import SimilarOut
 from ehrembed.fsutil import sha256_file
@@ -241,6 +242,33 @@ def test_tasks_create_list_and_validate(served: Served) -> None:
     assert names["htn_next_year"] == "stored" and names["long_los"] == "builtin"
     bad = c.post("/v1/tasks", json={"name": "x", "outcome": {"codes": ["nope"]}}, headers=served.headers("write"))
     assert "VOCABULARY/CODE" in _error(bad, 400)["message"]
+
+
+def test_an_aces_config_is_a_task_and_fits_a_head(served: Served) -> None:
+    """MEDS-DEV's readmission config with the OMOP predicates, posted as JSON, labels the served cohort."""
+    from ehrembed.predict.aces import load_predicates, meds_dev_task
+
+    c = served.client
+    config = yaml.safe_load(meds_dev_task("meds-dev:readmission/general_hospital/30d").read_text())
+    body = {**config, "name": "readmit_aces", "dataset_predicates": load_predicates("omop")}
+    created = c.post("/v1/tasks", json=body, headers=served.headers("write"))
+    assert created.status_code == 201, created.text
+    assert created.json()["definition"]["outcome"]["rule"] == "aces"
+    head = c.post(
+        "/v1/heads",
+        json={"dataset": "demo", "task": "readmit_aces", "encoder": "tiny", "max_examples": 60},
+        headers=served.headers("write"),
+    )
+    assert head.status_code == 201, head.text
+    assert head.json()["task"] == "readmit_aces" and head.json()["n_positive"] > 0
+    unnamed = c.post("/v1/tasks", json=config, headers=served.headers("write"))
+    assert "needs a name" in _error(unnamed, 400)["message"]
+    unset = c.post("/v1/tasks", json={**config, "name": "readmit_raw"}, headers=served.headers("write"))
+    assert unset.status_code == 201  # stored as given; labelling it names the predicates left to the dataset
+    refused = c.post(
+        "/v1/heads", json={"dataset": "demo", "task": "readmit_raw", "encoder": "tiny"}, headers=served.headers("write")
+    )
+    assert "hospital_admission" in _error(refused, 400)["message"]
 
 
 def _head_examples(served: Served) -> tuple[list[int], list[dict[str, object]]]:
