@@ -104,3 +104,17 @@ def default_pq_m(dim: int) -> int:
         if dim % m == 0:
             return m
     return 1  # pragma: no cover - 1 always divides
+
+
+def check_vectors(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``vectors`` as a 2-D numeric ``(n, dim)`` array (one vector may come 1-D); errors name ``what``."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2:
+        raise VectorIndexError(f"{what} must be a 2-D array (n, dim), got shape {vectors.shape}")
+    if vectors.shape[1] != dim:
+        raise VectorIndexError(f"{what} have dim {vectors.shape[1]} but the index holds {dim}-d vectors")
+    if not np.issubdtype(vectors.dtype, np.number):
+        raise VectorIndexError(f"{what} must be numeric, got dtype {vectors.dtype}")
+    return vectors

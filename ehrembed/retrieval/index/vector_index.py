@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from ehrembed import schema as s
 from ehrembed.encoders.base import EncoderSpec
-from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
+from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.retrieval.index.backend import (
     _faiss,
     _faiss_message,
@@ -30,11 +29,11 @@ from ehrembed.retrieval.index.params import (
     IndexKind,
     IndexParams,
     VectorIndexError,
+    check_vectors,
     resolve_kind,
 )
+from ehrembed.retrieval.index.rows import RowTable
 from ehrembed.retrieval.index.storage import (
-    ID,
-    REMOVED,
     index_arguments,
     index_metadata,
     read_index,
@@ -88,12 +87,7 @@ class VectorIndex:
         self._kind: str | None = None if kind in ("auto", "ivfpq") else kind
         self._index: Any = None
         self._gpu_index: Any = None
-        self._ids = np.empty(0, dtype=np.int64)
-        self._subjects = np.empty(0, dtype=np.int64)
-        self._times = np.empty(0, dtype="datetime64[us]")
-        self._removed = np.empty(0, dtype=bool)
-        self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._subject_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._rows = RowTable()
         if self._kind is not None:
             self._index = self._new_index(self._kind, 0)
 
@@ -172,10 +166,7 @@ class VectorIndex:
             raise VectorIndexError(f"{len(subject_ids)} subject ids and {len(prediction_times)} times for {n} vectors")
         index = cls(int(faiss_index.d), kind, spec=spec, params=params, use_gpu=False, extra=extra)
         index._kind, index._index = kind, faiss_index
-        index._ids = np.arange(n, dtype=np.int64)
-        index._subjects = np.asarray(subject_ids, dtype=np.int64)
-        index._times = np.asarray(prediction_times, dtype="datetime64[us]")
-        index._removed = np.zeros(n, dtype=bool)
+        index._rows = RowTable(np.arange(n, dtype=np.int64), subject_ids, prediction_times)
         index._invalidate()
         return index
 
@@ -221,11 +212,11 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         """Rows in the FAISS index, removed ones included."""
-        return len(self._ids)
+        return len(self._rows)
 
     @property
     def removed(self) -> int:
-        return int(self._removed.sum())
+        return self._rows.n_removed
 
     def __len__(self) -> int:
         """Rows that searches can return."""
@@ -237,37 +228,19 @@ class VectorIndex:
     @property
     def ids(self) -> np.ndarray:
         """Ids of the live rows, in insertion order."""
-        return self._ids[~self._removed]
+        return self._rows.live_ids
 
     def rows(self, *, include_removed: bool = False) -> pl.DataFrame:
         """id, subject_id, prediction_time (and removed) per row, in insertion order."""
-        frame = pl.DataFrame(
-            {
-                ID: self._ids,
-                s.SUBJECT_ID: self._subjects,
-                PREDICTION_TIME: pl.Series(self._times, dtype=pl.Datetime("us")),
-                REMOVED: self._removed,
-            }
-        )
-        return frame if include_removed else frame.filter(~pl.col(REMOVED)).drop(REMOVED)
+        return self._rows.frame(include_removed=include_removed)
 
     def lookup(self, ids: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(subject_ids, prediction_times) of live ids; KeyError naming the first unknown id."""
-        positions = self._positions(np.asarray(ids, dtype=np.int64))
-        if (positions < 0).any():
-            missing = int(np.asarray(ids, dtype=np.int64)[np.argmax(positions < 0)])
-            raise KeyError(f"id {missing} is not in the index")
-        return self._subjects[positions], self._times[positions]
+        return self._rows.lookup(ids)
 
     def ids_for_subject(self, subject_id: int) -> np.ndarray:
         """Live ids of one subject's rows, latest prediction time last (NaT first)."""
-        if self._subject_cache is None:
-            live = np.flatnonzero(~self._removed)
-            order = np.lexsort((self._times[live].astype(np.int64), self._subjects[live]))
-            self._subject_cache = (self._subjects[live][order], live[order])
-        subjects, positions = self._subject_cache
-        lo, hi = np.searchsorted(subjects, subject_id, "left"), np.searchsorted(subjects, subject_id, "right")
-        return self._ids[positions[lo:hi]]
+        return self._rows.ids_for_subject(subject_id)
 
     def reconstruct(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
         """Stored vectors of live ids (exact for flat and hnsw, the SQ re-ranking copy for ivfpq)."""
@@ -299,16 +272,7 @@ class VectorIndex:
             )
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        vectors = np.asarray(vectors)
-        if vectors.ndim == 1:
-            vectors = vectors[None, :]
-        if vectors.ndim != 2:
-            raise VectorIndexError(f"{what} must be a 2-D array (n, dim), got shape {vectors.shape}")
-        if vectors.shape[1] != self.dim:
-            raise VectorIndexError(f"{what} have dim {vectors.shape[1]} but the index holds {self.dim}-d vectors")
-        if not np.issubdtype(vectors.dtype, np.number):
-            raise VectorIndexError(f"{what} must be numeric, got dtype {vectors.dtype}")
-        return vectors
+        return check_vectors(vectors, self.dim, what)
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         out = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -320,20 +284,10 @@ class VectorIndex:
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Position of each live id, -1 where the id is unknown or removed."""
-        if self._lookup_cache is None:
-            live = np.flatnonzero(~self._removed)
-            order = np.argsort(self._ids[live], kind="stable")
-            self._lookup_cache = (self._ids[live][order], live[order])
-        sorted_ids, positions = self._lookup_cache
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        if not len(sorted_ids):
-            return np.full(ids.shape, -1, dtype=np.int64)
-        where = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
-        return np.where(sorted_ids[where] == ids, positions[where], -1).astype(np.int64)
+        return self._rows.positions(ids)
 
     def _invalidate(self) -> None:
-        self._lookup_cache = None
-        self._subject_cache = None
+        self._rows.invalidate()
         self._gpu_index = None
 
     # --- mutation -------------------------------------------------------------------------------
@@ -380,27 +334,22 @@ class VectorIndex:
             faiss_index.add(chunk)
             if progress is not None:
                 progress(min(n, start + _ADD_CHUNK), n)
-        self._ids = np.concatenate([self._ids, row_ids])
-        self._subjects = np.concatenate([self._subjects, subjects])
-        self._times = np.concatenate([self._times, times])
-        self._removed = np.concatenate([self._removed, np.zeros(n, dtype=bool)])
+        self._rows.append(row_ids, subjects, times)
         self._invalidate()
 
     def add_embeddings(self, embeddings: EmbeddingSet, ids: np.ndarray | Sequence[int] | None = None) -> None:
         """Add an embedding set's rows (ids default to continuing after the largest id so far)."""
         self.check_spec(embeddings.spec)
         if ids is None:
-            first = int(self._ids.max()) + 1 if len(self._ids) else 0
+            first = self._rows.next_id()
             ids = np.arange(first, first + len(embeddings), dtype=np.int64)
         self.add(ids, embeddings.vectors, subject_ids=embeddings.subject_ids, prediction_times=embeddings.as_of)
 
     def remove(self, ids: np.ndarray | Sequence[int] | int) -> int:
         """Tombstone live ids (unknown ones are ignored); returns how many were removed."""
-        positions = self._positions(np.atleast_1d(np.asarray(ids, dtype=np.int64)))
-        positions = np.unique(positions[positions >= 0])
-        self._removed[positions] = True
+        count = self._rows.tombstone(ids)
         self._invalidate()
-        return len(positions)
+        return count
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -432,7 +381,7 @@ class VectorIndex:
             raise VectorIndexError(f"k={k} is larger than the {live} rows in the index")
         q = self._prepare(queries)
         nq = q.shape[0]
-        exclusions = self._exclusions(exclude_ids, nq)
+        exclusions = self._rows.exclusions(exclude_ids, nq)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
         gpu = self._gpu()
@@ -450,13 +399,13 @@ class VectorIndex:
                 found = labels[row]
                 keep = found >= 0
                 if not use_selector and tombstones:
-                    keep &= ~self._removed[np.maximum(found, 0)]
+                    keep &= ~self._rows.removed[np.maximum(found, 0)]
                 if len(exclusions[qi]):
                     keep &= ~np.isin(found, exclusions[qi])
                 chosen = found[keep][:k]
                 need = min(k, live - len(exclusions[qi]))
                 if len(chosen) >= need or exhausted:
-                    out_ids[qi, : len(chosen)] = self._ids[chosen]
+                    out_ids[qi, : len(chosen)] = self._rows.ids[chosen]
                     out_scores[qi, : len(chosen)] = scores[row][keep][: len(chosen)]
                 else:
                     still.append(qi)
@@ -470,33 +419,12 @@ class VectorIndex:
                 scores, labels = self._raw_search(q[qi : qi + 1], self.ntotal, widen, gpu, use_selector)
                 keep = labels[0] >= 0
                 if not use_selector and tombstones:
-                    keep &= ~self._removed[np.maximum(labels[0], 0)]
+                    keep &= ~self._rows.removed[np.maximum(labels[0], 0)]
                 keep &= ~np.isin(labels[0], exclusions[qi])
                 chosen = labels[0][keep][:k]
-                out_ids[qi, : len(chosen)] = self._ids[chosen]
+                out_ids[qi, : len(chosen)] = self._rows.ids[chosen]
                 out_scores[qi, : len(chosen)] = scores[0][keep][: len(chosen)]
         return out_ids, out_scores
-
-    def _exclusions(self, exclude_ids: Iterable[int] | Sequence[Iterable[int]] | None, nq: int) -> list[np.ndarray]:
-        """Live positions to drop, per query (sorted, unique)."""
-        none = np.empty(0, dtype=np.int64)
-        if exclude_ids is None:
-            return [none] * nq
-        items = list(exclude_ids)
-        if items and all(not np.isscalar(item) and not isinstance(item, str) for item in items):
-            if len(items) != nq:
-                raise VectorIndexError(f"exclude_ids has {len(items)} collections for {nq} queries")
-            per_query = [self._live_positions(item) for item in cast(list[Iterable[int]], items)]
-            return per_query
-        shared = self._live_positions(cast(list[int], items))
-        return [shared] * nq
-
-    def _live_positions(self, ids: Iterable[int]) -> np.ndarray:
-        array = np.fromiter((int(i) for i in ids), dtype=np.int64)
-        if not len(array):
-            return np.empty(0, dtype=np.int64)
-        positions = self._positions(array)
-        return np.unique(positions[positions >= 0])
 
     def _exhaustive(self, widen: int) -> bool:
         """Whether a search with this widening visits every row (so a short result is final)."""
@@ -516,7 +444,7 @@ class VectorIndex:
         selector = None
         keep_alive: list[Any] = []
         if use_selector:
-            batch = faiss.IDSelectorBatch(np.flatnonzero(self._removed).astype(np.int64))
+            batch = faiss.IDSelectorBatch(np.flatnonzero(self._rows.removed).astype(np.int64))
             selector = faiss.IDSelectorNot(batch)
             keep_alive = [batch, selector]
         params = self._search_params(fetch, widen, selector)
@@ -559,7 +487,7 @@ class VectorIndex:
         kind = str(meta.get("requested_kind") or meta["kind"])
         index = cls(int(meta["dim"]), kind, use_gpu=use_gpu, **index_arguments(meta))
         index._kind, index._index = meta["kind"], raw
-        index._ids, index._subjects, index._times, index._removed = row_arrays(rows)
+        index._rows = RowTable(*row_arrays(rows))
         index._invalidate()
         index.check_spec(spec)
         return index
