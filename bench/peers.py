@@ -20,6 +20,7 @@ bench/results/peers.json and the table is printed.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import subprocess
 import sys
@@ -37,7 +38,9 @@ from _common import save
 HERE = Path(__file__).resolve().parent
 MEDSTAB = "meds-tab==0.2.0"
 WINDOWS = "[1d,30d,365d,full]"
-AGGS = "[static/present,static/first,code/count,value/count,value/sum,value/sum_sqd,value/min,value/max]"
+CODE_AGGS = "static/present,code/count"
+VALUE_AGGS = "value/count,value/sum,value/sum_sqd,value/min,value/max"
+"""Used when the dataset has numeric values (meds-tab refuses value aggregations without any: Eunomia)."""
 
 
 def medstab_venv(folder: Path) -> Path:
@@ -66,28 +69,45 @@ def run(bin_dir: Path, command: str, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def medstab(bin_dir: Path, data: Path, labels: Path, work: Path, tasks: list[str], trials: int) -> dict[str, dict]:
-    """meds-tab describe → tabularize → per task: cache → XGBoost sweep; held-out predictions per task."""
-    common = [f"input_dir={data / 'data'}", f"output_dir={work}", "do_overwrite=True"]
-    tab = [f"tabularization.window_sizes={WINDOWS}", f"tabularization.aggs={AGGS}",
+SWEEPS: dict[str, tuple[str, ...]] = {
+    "its sweep": (),
+    "small-data sweep": ("+model_launcher.model.min_child_weight=interval(0.01,2)",
+                         "+model_launcher.model.eta=tag(log,interval(0.01,0.5))"),
+}  # fmt: skip
+"""meds-tab's own XGBoost search space, and the same with ``min_child_weight`` <= 2 and ``eta`` >= 0.01: on a
+few hundred training rows its default space (``min_child_weight`` up to 100, ``eta`` down to 0.001) can leave
+every trial without a split, i.e. constant predictions (AUROC 0.5)."""
+
+
+def medstab(
+    bin_dir: Path, data: Path, labels: Path, work: Path, tasks: list[str], trials: int, aggs: str
+) -> dict[str, dict[str, dict]]:
+    """meds-tab describe → tabularize → per task: cache → an XGBoost sweep per :data:`SWEEPS` entry;
+    held-out predictions and seconds per sweep and task."""
+    common = [f"input_dir={data / 'data'}", f"output_dir={work}"]  # a fresh folder: nothing to overwrite
+    tab = [f"tabularization.window_sizes={WINDOWS}", f"tabularization.aggs=[{aggs}]",
            "tabularization.min_code_inclusion_count=1"]  # fmt: skip
     seconds = run(bin_dir, "meds-tab-describe", *common)
     seconds += run(bin_dir, "meds-tab-tabularize-static", *common, *tab)
     seconds += run(bin_dir, "meds-tab-tabularize-time-series", *common, *tab)
     shared = seconds / len(tasks)  # the tabularization serves every task: each carries its share
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, dict]] = {sweep: {} for sweep in SWEEPS}
     for task in tasks:
-        t = run(bin_dir, "meds-tab-cache-task", *common, *tab, f"task_name={task}", f"input_label_dir={labels / task}")
-        models = work / "models" / task
-        t += run(
-            bin_dir, "meds-tab-model", "--multirun", *common, *tab, f"task_name={task}",
-            f"output_model_dir={models}", "model_launcher=xgboost", f"hydra.sweeper.n_trials={trials}",
-            "hydra.sweeper.n_jobs=1", "hydra/launcher=basic", "prediction_splits=[held_out]",
-        )  # fmt: skip
-        found = sorted(models.rglob("held_out_predictions.parquet"))
-        if not found:
-            sys.exit(f"meds-tab wrote no held-out predictions under {models}")
-        out[task] = {"predictions": pl.read_parquet(found[-1]), "seconds": round(shared + t, 1)}
+        cache = run(
+            bin_dir, "meds-tab-cache-task", *common, *tab, f"task_name={task}", f"input_label_dir={labels / task}"
+        )
+        for sweep, overrides in SWEEPS.items():
+            models = work / "models" / sweep.replace(" ", "_") / task
+            t = run(
+                bin_dir, "meds-tab-model", "--multirun", *common, *tab, f"task_name={task}",
+                f"output_model_dir={models}", "model_launcher=xgboost", f"hydra.sweeper.n_trials={trials}",
+                "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=0", "hydra/launcher=basic",
+                "prediction_splits=[held_out]", *overrides,
+            )  # fmt: skip
+            found = sorted(models.rglob("held_out_predictions.parquet"))
+            if not found:
+                sys.exit(f"meds-tab wrote no held-out predictions under {models}")
+            out[sweep][task] = {"predictions": pl.read_parquet(found[-1]), "seconds": round(shared + cache + t, 1)}
     return out
 
 
@@ -114,7 +134,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=None, help="a MEDS folder (default: Eunomia, ingested)")
-    parser.add_argument("--tasks", default=",".join(MAIN_JOB_TASKS))
+    parser.add_argument("--tasks", default=",".join(MAIN_JOB_TASKS), help="comma-separated; globs are expanded")
     parser.add_argument("--embedding", default="student", help="NAME or NAME=SPEC of the embedding encoder")
     parser.add_argument("--trials", type=int, default=10, help="meds-tab XGBoost Optuna trials")
     parser.add_argument("--medstab-venv", type=Path, default=HERE / ".venv-medstab")
@@ -126,7 +146,8 @@ def main() -> None:
     if args.dataset is None:
         ingest_omop(out=work / "meds")
     dataset = MedsDataset.open(args.dataset or work / "meds")
-    labelsets, skipped = label_tasks(dataset, resolve_tasks(args.tasks.split(",")))
+    refs = [found for ref in args.tasks.split(",") for found in (sorted(glob.glob(ref)) or [ref])]
+    labelsets, skipped = label_tasks(dataset, resolve_tasks(refs))
     keys = case_cohort_keys(labelsets, positives=60, background=160, seed=0)
     labelsets = [restrict(ls, keys) for ls in labelsets]
     tasks = [ls.task.name for ls in labelsets]
@@ -148,30 +169,35 @@ def main() -> None:
 
     export_meds(dataset, work / "split", layout="split")
     bin_dir = medstab_venv(args.medstab_venv)
-    peer = medstab(bin_dir, work / "split", work / "labels", work / "medstab", tasks, args.trials)
+    has_values = bool(dataset.scan().select(pl.col("numeric_value").is_not_null().any()).collect().item())
+    aggs = f"{CODE_AGGS},{VALUE_AGGS}" if has_values else CODE_AGGS
+    peer = medstab(bin_dir, work / "split", work / "labels", work / "medstab", tasks, args.trials, aggs)
 
     def ours_auroc(task: str, encoder: str, head: str) -> float | None:
         row = cells.filter((pl.col("task") == task) & (pl.col("encoder") == encoder) & (pl.col("head") == head))
         return None if row.is_empty() else float(row.get_column("auroc")[0])
 
+    held_out = {
+        ls.task.name: ls.frame().join(dataset.splits(), on="subject_id").filter(pl.col("split") == "held_out").height
+        for ls in labelsets
+    }
     rows = []
     for task in tasks:
-        predictions = peer[task]["predictions"]
-        label = next(c for c in ("boolean_value", "label") if c in predictions.columns)
-        score = next(c for c in ("predicted_boolean_probability", "predictions") if c in predictions.columns)
-        rows.append(
-            {
-                "task": task,
-                "count + LightGBM": ours_auroc(task, "count", "lightgbm"),
-                f"{embedding} + logistic": ours_auroc(task, embedding, "logistic"),
-                f"count+{embedding} + LightGBM": ours_auroc(task, f"count+{embedding}", "lightgbm"),
-                "meds-tab XGBoost": auroc(
-                    predictions.get_column(label).to_numpy().astype(int), predictions.get_column(score).to_numpy()
-                ),
-                "meds-tab held-out rows": predictions.height,
-                "meds-tab seconds": peer[task]["seconds"],
-            }
-        )
+        row: dict[str, object] = {
+            "task": task,
+            "held-out rows": held_out[task],
+            "count + LightGBM": ours_auroc(task, "count", "lightgbm"),
+            f"{embedding} + logistic": ours_auroc(task, embedding, "logistic"),
+            f"count+{embedding} + LightGBM": ours_auroc(task, f"count+{embedding}", "lightgbm"),
+        }
+        for sweep, per_task in peer.items():
+            predictions = per_task[task]["predictions"]
+            y = predictions.get_column("boolean_value").to_numpy().astype(int)
+            row[f"meds-tab XGBoost, {sweep}"] = auroc(
+                y, predictions.get_column("predicted_boolean_probability").to_numpy()
+            )
+            row[f"meds-tab held-out rows, {sweep}"] = predictions.height
+        rows.append(row)
     table = pl.DataFrame(rows)
     means = {c: table.get_column(c).mean() for c in table.columns if c != "task" and "rows" not in c}
     seconds = {
@@ -179,7 +205,7 @@ def main() -> None:
         f"{embedding} embedding": round(timings.get(f"features:{embedding}", 0.0), 1),
         "our benchmark cells (all encoders, both heads)": round(timings.get("benchmark", 0.0), 1),
         "ours in total": round(ours_seconds, 1),
-        "meds-tab in total": round(sum(p["seconds"] for p in peer.values()), 1),
+        **{f"meds-tab, {sweep}": round(sum(p["seconds"] for p in per.values()), 1) for sweep, per in peer.items()},
     }
     save(
         "peers",
@@ -187,7 +213,7 @@ def main() -> None:
             "dataset": str(dataset.root),
             "tasks": tasks,
             "labels": {ls.task.name: ls.summary() for ls in labelsets},
-            "meds_tab": {"version": MEDSTAB, "trials": args.trials, "windows": WINDOWS, "aggs": AGGS},
+            "meds_tab": {"version": MEDSTAB, "trials": args.trials, "windows": WINDOWS, "aggs": aggs},
             "auroc": table.to_dicts(),
             "mean": means,
             "seconds": seconds,
