@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
@@ -44,6 +45,11 @@ from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_write_text, sha256_file
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import catalog
+
+if TYPE_CHECKING:
+    from ehrembed.predict.job import BenchmarkJobResult
+    from ehrembed.predict.labelers import LabelSet
+    from ehrembed.predict.tasks import TaskSpec
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -259,22 +265,121 @@ def _distill(
     return out
 
 
+def _sampled_labels(
+    config: MainJobConfig, dataset: MedsDataset, tasks: Sequence[TaskSpec], say: Say, progress: Progress | None
+) -> tuple[list[LabelSet], dict[str, str]]:
+    """The tasks' labels, cut to the case-cohort sample the teacher embeds; the tasks left out and why."""
+    from ehrembed.predict.job import case_cohort_keys, label_keys, label_tasks, restrict
+    from ehrembed.predict.ontology import Ontology
+    from ehrembed.predict.tasks import TaskError
+
+    ontology = Ontology.from_dataset(dataset)
+    labelsets, skipped = label_tasks(dataset, tasks, ontology=ontology, progress=progress)
+    for reason in skipped.values():
+        say(f"  not run: {reason}")
+    if not labelsets:
+        raise TaskError("no task has labels in this dataset: " + "; ".join(skipped.values()))
+    keys = case_cohort_keys(
+        labelsets, positives=config.sample_positives, background=config.sample_background, seed=config.seed
+    )
+    labelsets = [restrict(ls, keys) for ls in labelsets]
+    keys = label_keys(labelsets)
+    say(
+        f"label: {len(labelsets)} tasks, {keys.height:,} prediction times to embed "
+        f"({', '.join(f'{ls.task.name} {len(ls)}/{ls.n_positive}+' for ls in labelsets)})"
+    )
+    return labelsets, skipped
+
+
+def _every_record_targets(
+    config: MainJobConfig,
+    dataset: MedsDataset,
+    labelsets: Sequence[LabelSet],
+    emb_dir: Path,
+    teacher_encoder: Encoder | None,
+    say: Say,
+    progress: Progress | None,
+) -> dict[str, EmbeddingSet]:
+    """``--distill-records all``: every patient's whole record through the teacher, each with one task's question
+    in turn (patients dealt round-robin over the tasks)."""
+    from ehrembed.predict.job import embed_keys, parse_encoder
+
+    keys = distillation_keys(dataset)
+    choice = parse_encoder(f"teacher={config.teacher}")
+    step = None if progress is None else (lambda d, t: progress("embedding (every record)", d, t))
+    sets: dict[str, EmbeddingSet] = {}
+    for i, labelset in enumerate(labelsets):
+        part = keys.filter(pl.col(s.SUBJECT_ID) % len(labelsets) == i)
+        if part.height:
+            sets[labelset.task.name], _ = embed_keys(
+                dataset,
+                choice,
+                part,
+                emb_dir / "distill-teacher" / labelset.task.name,
+                max_tokens=config.max_tokens,
+                batch_size=config.batch_size,
+                question=labelset.task.question,
+                encoder=teacher_encoder,
+                progress=step,
+            )
+    say(f"teacher: {keys.height:,} whole records for distillation")
+    return sets
+
+
+def _benchmark(
+    config: MainJobConfig,
+    dataset: MedsDataset,
+    tasks: Sequence[TaskSpec],
+    out: Path,
+    embeddings: dict[str, Any],
+    encoding: dict[str, dict[str, Any]],
+    labelled: tuple[list[LabelSet], dict[str, str]],
+    progress: Progress | None,
+) -> BenchmarkJobResult:
+    """Every encoder of the run (and the fusions with counts) through the few-shot benchmark and its report."""
+    from ehrembed.predict.benchmark import BenchmarkConfig
+    from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
+
+    encoders = (
+        "count",
+        "student",
+        "teacher",
+        *(("teacher+guidelines",) if config.guidelines else ()),
+        "distilled",
+        "count+student",
+        "count+teacher",
+        "count+distilled",
+    )
+    job = BenchmarkJobConfig(
+        encoders=encoders,
+        benchmark=BenchmarkConfig(
+            ks=config.ks,
+            replicates=config.replicates,
+            heads=config.heads,
+            seed=config.seed,
+            n_bootstrap=config.n_bootstrap,
+        ),
+        sample_positives=config.sample_positives,
+        sample_background=config.sample_background,
+        seed=config.seed,
+    )
+    return benchmark_dataset(
+        dataset,
+        tasks,
+        out / "report",
+        job,
+        embeddings=embeddings,
+        encoding=encoding,
+        labelled=labelled,
+        progress=progress,
+        title=f"Few-shot benchmark on {dataset.name} (main job)",
+    )
+
+
 def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Progress | None = None) -> MainJobResult:
     """Run every stage into ``config.out`` and return what to show the user."""
-    from ehrembed.predict.benchmark import BenchmarkConfig
-    from ehrembed.predict.job import (
-        BenchmarkJobConfig,
-        case_cohort_keys,
-        embed_keys,
-        embed_tasks,
-        label_keys,
-        label_tasks,
-        labels_frame,
-        parse_encoder,
-        restrict,
-    )
-    from ehrembed.predict.ontology import Ontology
-    from ehrembed.predict.tasks import TaskError, resolve_tasks
+    from ehrembed.predict.job import embed_tasks, labels_frame, parse_encoder
+    from ehrembed.predict.tasks import resolve_tasks
     from ehrembed.retrieval.index import build_index
 
     out = Path(config.out)
@@ -300,23 +405,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     record = Serializer(vocabulary, config.serializer).serialize(patient, as_of=as_of)
     atomic_write_text(out / f"record_{subject_id}.md", record)
 
-    # --- labels and the case-cohort sample -----------------------------------------------------
     tasks = resolve_tasks(list(config.tasks))
-    ontology = Ontology.from_dataset(dataset)
-    labelsets, skipped = clock.run("label", lambda: label_tasks(dataset, tasks, ontology=ontology, progress=progress))
-    for reason in skipped.values():
-        say(f"  not run: {reason}")
-    if not labelsets:
-        raise TaskError("no task has labels in this dataset: " + "; ".join(skipped.values()))
-    keys = case_cohort_keys(
-        labelsets, positives=config.sample_positives, background=config.sample_background, seed=config.seed
-    )
-    labelsets = [restrict(ls, keys) for ls in labelsets]
-    keys = label_keys(labelsets)
-    say(
-        f"label: {len(labelsets)} tasks, {keys.height:,} prediction times to embed "
-        f"({', '.join(f'{ls.task.name} {len(ls)}/{ls.n_positive}+' for ls in labelsets)})"
-    )
+    labelsets, skipped = clock.run("label", lambda: _sampled_labels(config, dataset, tasks, say, progress))
 
     # --- embeddings ----------------------------------------------------------------------------
     emb_dir = out / "embeddings"
@@ -364,29 +454,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     models = out / "models" / "student"
     targets, targets_dir = embeddings["teacher"], emb_dir / "teacher"
     if config.distill_records == "all":
-
-        def every_record() -> dict[str, EmbeddingSet]:
-            keys = distillation_keys(dataset)
-            choice = parse_encoder(f"teacher={config.teacher}")
-            step = None if progress is None else (lambda d, t: progress("embedding (every record)", d, t))
-            sets: dict[str, EmbeddingSet] = {}
-            for i, labelset in enumerate(labelsets):  # each record with one task's question, in turn
-                part = keys.filter(pl.col(s.SUBJECT_ID) % len(labelsets) == i)
-                if part.height:
-                    sets[labelset.task.name], _ = embed_keys(
-                        dataset,
-                        choice,
-                        part,
-                        emb_dir / "distill-teacher" / labelset.task.name,
-                        max_tokens=config.max_tokens,
-                        batch_size=config.batch_size,
-                        question=labelset.task.question,
-                        encoder=teacher_encoder,
-                        progress=step,
-                    )
-            say(f"teacher: {keys.height:,} whole records for distillation")
-            return sets
-
+        every_record = functools.partial(
+            _every_record_targets, config, dataset, labelsets, emb_dir, teacher_encoder, say, progress
+        )
         targets, targets_dir = clock.run("teacher (every record)", every_record), emb_dir / "distill-teacher"
     labels = labels_frame(labelsets)
     clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say, labels))
@@ -400,45 +470,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
 
     clock.run("index", index)
 
-    # --- benchmark and report ------------------------------------------------------------------
-    from ehrembed.predict.job import benchmark_dataset
-
-    encoders = (
-        "count",
-        "student",
-        "teacher",
-        *(("teacher+guidelines",) if config.guidelines else ()),
-        "distilled",
-        "count+student",
-        "count+teacher",
-        "count+distilled",
-    )
-    job = BenchmarkJobConfig(
-        encoders=encoders,
-        benchmark=BenchmarkConfig(
-            ks=config.ks,
-            replicates=config.replicates,
-            heads=config.heads,
-            seed=config.seed,
-            n_bootstrap=config.n_bootstrap,
-        ),
-        sample_positives=config.sample_positives,
-        sample_background=config.sample_background,
-        seed=config.seed,
-    )
     bench = clock.run(
         "benchmark",
-        lambda: benchmark_dataset(
-            dataset,
-            tasks,
-            out / "report",
-            job,
-            embeddings=embeddings,
-            encoding=encoding,
-            labelled=(labelsets, skipped),
-            progress=progress,
-            title=f"Few-shot benchmark on {dataset.name} (main job)",
-        ),
+        lambda: _benchmark(config, dataset, tasks, out, embeddings, encoding, (labelsets, skipped), progress),
     )
     summary = bench.report.read_text().split("## Macro AUROC by encoder and k", 1)[-1].split("\n## ", 1)[0]
     return MainJobResult(stats, subject_id, as_of, record, clock.timings, bench.report, summary.strip(), encoding)
