@@ -74,6 +74,8 @@ class MainJobConfig:
     dataset: Path | None = None
     serializer: SerializerConfig = field(default_factory=lambda: SerializerConfig(format=EMBED_FORMAT))
     tasks: tuple[str, ...] = MAIN_JOB_TASKS
+    predicates: str | None = None
+    """Dataset predicates for ACES task configs (a file, or ``omop``); see :mod:`ehrembed.predict.aces`."""
     teacher: str = "teacher"
     teacher_pooling: str | None = None
     """Pooling of the teacher (``last`` / ``mean`` / ``cls``); None keeps the encoder's default."""
@@ -405,7 +407,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     record = Serializer(vocabulary, config.serializer).serialize(patient, as_of=as_of)
     atomic_write_text(out / f"record_{subject_id}.md", record)
 
-    tasks = resolve_tasks(list(config.tasks))
+    tasks = resolve_tasks(list(config.tasks), predicates=config.predicates)
     labelsets, skipped = clock.run("label", lambda: _sampled_labels(config, dataset, tasks, say, progress))
 
     # --- embeddings ----------------------------------------------------------------------------

@@ -51,6 +51,15 @@ KOption = Annotated[
     list[str] | None,
     typer.Option("--shots", "--k", help="Few-shot sizes k (repeatable or comma-separated; 'all'). Old spelling --k."),
 ]
+TasksOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tasks",
+        help="Task files (ours or ACES configs), built-in task names or groups (operational, new_diagnosis, "
+        "abnormal_lab, all), meds-dev:PATH (an installed MEDS-DEV task), or MEDS labels folders (repeatable; "
+        "several after one flag). Default: every built-in task.",
+    ),
+]
 HeadOption = Annotated[
     list[str] | None, typer.Option("--head", help="Heads: lightgbm, logistic, knn (repeatable; default all).")
 ]
@@ -111,10 +120,7 @@ def tasks_show_cmd(
 def tasks_label_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
     out: Annotated[Path, typer.Option("--out", help="Labels root: one TASK/labels.parquet per task.")],
-    tasks: Annotated[
-        list[str] | None,
-        typer.Option("--tasks", help="Tasks: files (ours or ACES), built-in names or groups, meds-dev:PATH."),
-    ] = None,
+    tasks: TasksOption = None,
     predicates: PredicatesOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -147,14 +153,7 @@ def tasks_label_cmd(
 def benchmark_cmd(
     dataset: Annotated[Path, typer.Argument(help="A MEDS folder.")],
     out: Annotated[Path, typer.Option("--out", help="Report folder (results, report.md, plots).")],
-    tasks: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tasks",
-            help="Task files (ours or ACES configs), built-in task names or groups (operational, new_diagnosis, "
-            "abnormal_lab, all), meds-dev:PATH (an installed MEDS-DEV task), or MEDS labels folders.",
-        ),
-    ] = None,
+    tasks: TasksOption = None,
     encoders: Annotated[
         list[str] | None,
         typer.Option(
@@ -247,9 +246,8 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for the job's outputs.")] = Path("out"),
     fresh: Annotated[bool, typer.Option(help="Redo every stage instead of reusing finished outputs.")] = False,
     dataset: Annotated[Path | None, typer.Option(help="A MEDS folder to use instead of ingesting Eunomia.")] = None,
-    tasks: Annotated[
-        list[str] | None, typer.Option("--tasks", help="Task files, names or groups (default: every built-in group).")
-    ] = None,
+    tasks: TasksOption = None,
+    predicates: PredicatesOption = None,
     teacher: Annotated[str, typer.Option(help="Teacher: 'teacher' (packaged SmolLM2) or a model folder.")] = "teacher",
     student: Annotated[
         Path | None, typer.Option(help="Student base folder (default: the packaged all-MiniLM-L6-v2).")
@@ -327,6 +325,7 @@ def run_cmd(
             fresh=fresh,
             dataset=dataset,
             tasks=tuple(split_list(tasks) or MAIN_JOB_TASKS),
+            predicates=predicates,
             teacher=teacher,
             teacher_pooling=teacher_pooling,
             student=str(student) if student else None,
