@@ -43,7 +43,7 @@ from ehrembed.encoders.base import Encoder
 from ehrembed.encoders.embeddings import EmbeddingSet
 from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_write_text, sha256_file
-from ehrembed.store.catalog import record_artifact, register_meds
+from ehrembed.store.catalog import register_meds
 from ehrembed.store.db import catalog
 
 if TYPE_CHECKING:
@@ -176,11 +176,6 @@ def _ingest(config: MainJobConfig, say: Say) -> MedsDataset:
     else:
         say(f"ingest: reusing {data_dir}")
     return MedsDataset.open(data_dir)
-
-
-def _record(kind: str, name: str, path: Path, spec: dict[str, Any], dataset: str) -> None:
-    with catalog() as session:
-        record_artifact(session, kind, name, path, spec, dataset)
 
 
 def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) -> Path:
@@ -382,7 +377,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     """Run every stage into ``config.out`` and return what to show the user."""
     from ehrembed.predict.job import embed_tasks, labels_frame, parse_encoder
     from ehrembed.predict.tasks import resolve_tasks
-    from ehrembed.retrieval.index import build_index
+    from ehrembed.services.embeddings import record_embeddings
+    from ehrembed.services.indexes import build_recorded_index
 
     out = Path(config.out)
     clock = _Clock(say)
@@ -431,10 +427,11 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
             progress=None if progress is None else (lambda d, t: progress(f"embedding ({name})", d, t)),
         )
         embeddings[name], encoding[name] = emb, info
-        for part, folder in emb.items() if isinstance(emb, dict) else [(None, emb)]:
-            where = emb_dir / name / part if part else emb_dir / name
-            label = f"{dataset.name}-{name}" + (f"-{part}" if part else "")
-            _record("embeddings", label, where, folder.spec.to_dict(), dataset.name)
+        with catalog() as session:
+            for part in list(emb) if isinstance(emb, dict) else [None]:
+                where = emb_dir / name / part if part else emb_dir / name
+                label = f"{dataset.name}-{name}" + (f"-{part}" if part else "")
+                record_embeddings(session, dataset, where, encoder=name, name=label)
 
     def teacher() -> None:
         nonlocal teacher_encoder
@@ -466,9 +463,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     clock.run("distilled", lambda: embed("distilled", str(models)))
 
     def index() -> None:
-        target = out / "index" / "distilled"
-        report = build_index(embeddings["distilled"], target)
-        _record("index", f"{dataset.name}-distilled", target, {"kind": report.kind, "rows": report.rows}, dataset.name)
+        with catalog() as session:
+            build_recorded_index(dataset, [emb_dir / "distilled"], out / "index" / "distilled", session=session)
 
     clock.run("index", index)
 

@@ -109,8 +109,9 @@ def embed_cmd(
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.ehr.serialize import SerializerConfig
     from ehrembed.encoders import load_encoder
-    from ehrembed.encoders.embeddings import EmbeddingSet
     from ehrembed.encoders.job import EmbedConfig, embed_dataset
+    from ehrembed.services.embeddings import record_embeddings
+    from ehrembed.store.db import catalog
 
     when = parse_time(as_of, "--as-of")
     with user_errors():
@@ -148,9 +149,8 @@ def embed_cmd(
                     as_of=when,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
-        written = EmbeddingSet.load(out)
-        # "encoder" is the name the user gave (``student``), which the export endpoint matches on too.
-        record_artifact("embeddings", out.name, out, {**written.spec.to_dict(), "encoder": encoder}, ds.name, ds.root)
+        with catalog() as session:
+            written = record_embeddings(session, ds, out, encoder=encoder)
     data = report.as_dict()
     if as_json:
         print_json(data)

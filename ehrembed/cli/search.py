@@ -22,7 +22,6 @@ from ehrembed.cli.common import (
     out_console,
     parse_time,
     print_json,
-    record_artifact,
     steps_progress,
     user_errors,
 )
@@ -47,40 +46,25 @@ def index_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Build a FAISS index over embedding sets for similar-patient search (replaced atomically)."""
-    import numpy as np
-
     from ehrembed.ehr.meds import MedsDataset
-    from ehrembed.encoders.embeddings import EmbeddingSet
-    from ehrembed.retrieval.index import build_index
-    from ehrembed.retrieval.sharded import build_sharded_index
+    from ehrembed.services.indexes import build_recorded_index
+    from ehrembed.store.db import catalog
 
-    sharded = len(embeddings) > 1
-    if sharded and kind not in ("auto", "ivfpq"):
-        fail("several --embeddings build one IVF-PQ index shard by shard; use --kind ivfpq (or auto)")
     target = out or Path(f"{embeddings[0]}.index")
     with user_errors():
         ds = MedsDataset.open(dataset)
-        sets = [EmbeddingSet.load(path) for path in embeddings]
-        known = np.asarray(ds.subject_ids(), dtype=np.int64)
-        total = sum(len(emb) for emb in sets)
-        unknown = sum(int((~np.isin(emb.subject_ids, known)).sum()) for emb in sets)
-        if unknown == total:
-            fail(f"none of the {total:,} subjects in the embeddings is in dataset {dataset}; wrong dataset?")
-        with bar_progress(f"indexing {total:,} vectors") as progress:
-            task = progress.add_task("vectors", total=len(sets) if sharded else total)
-            update = lambda done, n: progress.update(task, completed=done, total=n)  # noqa: E731
-            if sharded:
-                report = build_sharded_index(embeddings, target, ray_address=ray_address, progress=update)
-            else:
-                report = build_index(sets[0], target, kind=kind, progress=update)
-        spec = {
-            "kind": report.kind,
-            "encoder": sets[0].spec.to_dict(),
-            "embeddings": [str(path.resolve()) for path in embeddings],
-        }
-        record_artifact(
-            "index", target.name, target, {**spec, "params": report.params, "rows": report.rows}, ds.name, ds.root
-        )
+        with bar_progress("indexing vectors") as progress, catalog() as session:
+            task = progress.add_task("vectors", total=None)
+            built = build_recorded_index(
+                ds,
+                embeddings,
+                target,
+                session=session,
+                kind=kind.value,
+                ray_address=ray_address,
+                progress=lambda done, n: progress.update(task, completed=done, total=n),
+            )
+    report, unknown = built.report, built.subjects_not_in_dataset
     data = {**report.as_dict(), "subjects_not_in_dataset": unknown}
     if as_json:
         print_json(data)
@@ -95,17 +79,12 @@ def index_cmd(
 
 def _recorded_index(dataset_name: str) -> Path:
     """The newest index recorded in the store for a dataset (whose folder still exists)."""
+    from ehrembed.services.indexes import recorded_index
     from ehrembed.store.db import catalog
-    from ehrembed.store.repository import current_artifact
 
-    with catalog() as session:
-        artifact = current_artifact(session, "index", dataset_name)
-        if artifact is not None:
-            return Path(artifact.path)
-    fail(
-        f"no index is recorded for dataset {dataset_name!r}; build one with "
-        "`ehrembed index DIR --embeddings FILE` or pass --index PATH"
-    )
+    with user_errors(), catalog() as session:
+        return recorded_index(session, dataset_name)
+    raise AssertionError("unreachable")  # pragma: no cover - user_errors exits on the error
 
 
 @app.command("similar", cls=MultiValueCommand)

@@ -21,12 +21,10 @@ from ehrembed.api.schemas import (
 )
 from ehrembed.encoders.job import AsOf
 from ehrembed.predict.features import FUSION_PREFIX
-from ehrembed.predict.fitted import FittedHead, embed_for_head, fit_head
-from ehrembed.predict.job import case_cohort_keys, restrict
-from ehrembed.predict.labelers import label_dataset
+from ehrembed.predict.fitted import FittedHead, embed_for_head
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.schema import Label
-from ehrembed.store.catalog import record_artifact
+from ehrembed.services.heads import fit_recorded_head, task_examples
 
 router = APIRouter(prefix="/v1/heads", tags=["heads"])
 
@@ -57,28 +55,25 @@ def fit(body: HeadIn, state: StateDep, request: Request, _key: WriteKey) -> Head
     with handle.lock.read():
         if body.task is not None:
             spec = resolve_task(state, body.task)
-            labels = label_dataset(spec, handle.dataset)
-            half = body.max_examples // 2
-            labels = restrict(labels, case_cohort_keys([labels], positives=half, background=half))
-            examples = labels.labels
+            examples = task_examples(handle.dataset, spec, body.max_examples)
         else:
             assert body.examples is not None
             require_subjects(handle, [e.subject_id for e in body.examples], "examples")
             examples = [Label(e.subject_id, e.prediction_time, e.boolean_value) for e in body.examples]
         audit_write(request, state, body.dataset, sorted({e.subject_id for e in examples}))
-        fitted = fit_head(
-            handle.dataset,
-            encoder,
-            examples,
-            body.head,
-            state.heads_dir(),
-            task=body.task,
-            question=spec.question if spec is not None else None,
-            dataset_name=body.dataset,
-            fusion=fusion,
-        )
-    with state.session() as session:
-        record_artifact(session, "head", fitted.head_id, state.heads_dir() / fitted.head_id, fitted.card, body.dataset)
+        with state.session() as session:
+            fitted = fit_recorded_head(
+                handle.dataset,
+                encoder,
+                examples,
+                body.head,
+                state.heads_dir(),
+                dataset_name=body.dataset,
+                task=spec,
+                task_name=body.task,
+                fusion=fusion,
+                session=session,
+            )
     state.add_head(fitted)
     return _head_out(fitted)
 
