@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ehrembed.distill.loop import epoch_batches, optimizer_step
 from ehrembed.distill.losses.soft_label import LinearHead, soft_label_loss
 from ehrembed.encoders.base import Pooling
 from ehrembed.encoders.pooling import pool
@@ -205,18 +206,12 @@ def lora_tune_teacher(
     history: list[dict[str, float]] = []
     step = 0
     model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for epoch in range(config.epochs):
-        order = np.random.default_rng(config.seed + epoch).permutation(len(texts))
         running, seen = 0.0, 0
-        for start in range(0, len(texts), config.batch_size):
-            idx = order[start : start + config.batch_size]
+        for _b, idx in epoch_batches(len(texts), config.batch_size, seed=config.seed, epoch=epoch):
             loss = soft_label_loss(logits_for(idx.tolist()), torch.as_tensor(y[idx], device=device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            optimizer_step(optimizer, loss, params, config.max_grad_norm)
             step += 1
             running += float(loss.detach()) * len(idx)
             seen += len(idx)

@@ -35,7 +35,6 @@ over the new total, so the learning rate rises again from where the new schedule
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -72,6 +71,8 @@ from ehrembed.distill.config import (
     EpochRecord,
     rich_progress,
 )
+from ehrembed.distill.inputs import checked_inputs
+from ehrembed.distill.loop import epoch_batches, optimizer_step, steps_per_epoch
 from ehrembed.distill.losses.contrastive import info_nce_loss
 from ehrembed.distill.losses.embedding import mse_and_cosine
 from ehrembed.distill.losses.retention import base_retention_loss
@@ -80,33 +81,6 @@ from ehrembed.distill.output import _card, _write_final
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-
-def _check_pair(texts: Sequence[str], vectors: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(vectors)
-    if arr.ndim != 2 or arr.shape[0] != len(texts):
-        raise DistillError(f"{what}: {len(texts)} texts but teacher vectors of shape {arr.shape}")
-    if len(texts) == 0:
-        raise DistillError(f"{what}: no records")
-    if not np.isfinite(arr).all():
-        raise DistillError(f"{what}: teacher vectors contain NaN or infinity")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise DistillError(f"{what}: record {i} has empty text")
-    return arr
-
-
-def _as_label_matrix(labels: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
-    if labels is None:
-        return None
-    arr = np.asarray(labels, dtype=np.float32)
-    arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
-    if arr.ndim != 2 or arr.shape[0] != n:
-        raise DistillError(f"{what}: expected {n} rows, got shape {np.asarray(labels).shape}")
-    finite = arr[~np.isnan(arr)]
-    if finite.size and (finite.min() < 0 or finite.max() > 1):
-        raise DistillError(f"{what}: values must lie in [0, 1] (NaN marks a missing label)")
-    return arr
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -197,24 +171,9 @@ def distill(
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
-    train_texts = list(train_texts)
-    train_teacher = _check_pair(train_texts, train_teacher, "train")
-    hard = _as_label_matrix(hard_labels, len(train_texts), "hard_labels")
-    soft = _as_label_matrix(soft_labels, len(train_texts), "soft_labels")
-    if (val_texts is None) != (val_teacher is None):
-        raise DistillError("give both val_texts and val_teacher, or neither (then val_fraction splits train)")
-    if val_texts is None or val_teacher is None:
-        train_texts, train_teacher, val_texts, val_teacher, hard, soft = _split(
-            train_texts, train_teacher, hard, soft, config
-        )
-    val_texts = list(val_texts)
-    val_teacher = _check_pair(val_texts, val_teacher, "validation")
-    if train_teacher.shape[1] != val_teacher.shape[1]:
-        raise DistillError(f"train teacher dim {train_teacher.shape[1]} != validation dim {val_teacher.shape[1]}")
-    if config.weight_soft_label > 0 and hard is None and soft is None:
-        raise DistillError("weight_soft_label > 0 needs hard_labels and/or soft_labels (teacher probabilities)")
-    if hard is not None and soft is not None and hard.shape != soft.shape:
-        raise DistillError(f"hard labels {hard.shape} and soft labels {soft.shape} differ in shape")
+    train_texts, train_teacher, val_texts, val_teacher, hard, soft = checked_inputs(
+        train_texts, train_teacher, val_texts, val_teacher, hard_labels, soft_labels, config
+    )
     _check_portable(student)
 
     fingerprint = data_fingerprint(train_texts, train_teacher, hard, soft, val_teacher)
@@ -249,8 +208,8 @@ def distill(
     )
 
     n_train = len(train_texts)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    per_epoch = steps_per_epoch(n_train, config.batch_size)
+    total_steps = per_epoch * config.epochs
     warmup = int(config.warmup_ratio * total_steps)
 
     if resuming:
@@ -287,19 +246,16 @@ def distill(
             state.stopped_early = True
             break
         epoch = state.epoch
-        order = np.random.default_rng(config.seed + epoch).permutation(n_train)
         running: dict[str, float] = state.running
-        for b in range(state.batch_in_epoch, steps_per_epoch):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        batches = epoch_batches(
+            n_train, config.batch_size, seed=config.seed, epoch=epoch, start_batch=state.batch_in_epoch
+        )
+        for b, idx in batches:
             lr = config.lr * _lr_factor(state.step, total_steps, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, terms = _loss(student, soft_module, train_texts, train_teacher, hard, soft, base, idx, config, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
-            optimizer.step()
+            optimizer_step(optimizer, loss, trainable.parameters(), config.max_grad_norm)
             state.step += 1
             state.batch_in_epoch = b + 1
             running["n"] = running.get("n", 0.0) + len(idx)
@@ -309,35 +265,14 @@ def distill(
             state.running = running
             state.lr = lr
             every = config.checkpoint_every_steps
-            if every and state.step % every == 0 and b + 1 < steps_per_epoch:
+            if every and state.step % every == 0 and b + 1 < per_epoch:
                 save_checkpoint()
             if progress:
                 progress(DistillEvent("step", epoch + 1, state.step, total_steps, loss=float(loss.detach())))
 
         agreement = evaluate_agreement(student, val_texts, val_teacher, batch_size=config.eval_batch_size)
-        count = max(running.get("n", 0.0), 1.0)
-        record = EpochRecord(
-            epoch=epoch + 1,
-            step=state.step,
-            train_loss=running.get("loss", 0.0) / count,
-            train_terms={k: v / count for k, v in running.items() if k not in ("n", "loss")},
-            val_mse=agreement.mse,
-            val_cosine=agreement.cosine,
-            val_overlap=agreement.overlap,
-            lr=float(state.lr if state.lr is not None else config.lr),
-            seconds=time.monotonic() - epoch_started,
-        )
+        _close_epoch(state, agreement, config, time.monotonic() - epoch_started, checkpoints, trainable)
         epoch_started = time.monotonic()
-        state.history.append(dataclasses.asdict(record))
-        if _is_better(agreement, state.best_score, config):
-            state.best_epoch = epoch + 1
-            state.best_score = _score(agreement, config)
-            state.best_agreement = dataclasses.asdict(agreement)
-            state.best_dir = ckpt.save_best(checkpoints, trainable, epoch + 1)
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-        state.epoch, state.batch_in_epoch, state.running = epoch + 1, 0, {}
         if progress:
             progress(DistillEvent("eval", epoch + 1, state.step, total_steps, metrics=dataclasses.asdict(agreement)))
         save_checkpoint()
@@ -345,9 +280,6 @@ def distill(
     # The best weights go into the student, then into the final folder.
     ckpt.load_weights(trainable, checkpoints / str(state.best_dir))
     student.eval()
-    history = tuple(EpochRecord(**row) for row in state.history)
-    initial_agreement = Agreement(**state.initial)
-    final_agreement = Agreement(**state.best_agreement)
     card = _card(
         student,
         config,
@@ -364,10 +296,10 @@ def distill(
         progress(DistillEvent("done", state.epoch, state.step, total_steps, metrics=card["metrics"]))
     return DistillResult(
         out_dir=out_dir,
-        history=history,
+        history=tuple(EpochRecord(**row) for row in state.history),
         best_epoch=state.best_epoch,
-        initial=initial_agreement,
-        final=final_agreement,
+        initial=Agreement(**state.initial),
+        final=Agreement(**state.best_agreement),
         steps=state.step,
         resumed_from_step=resumed_from,
         stopped_early=state.stopped_early,
@@ -378,27 +310,38 @@ def distill(
     )
 
 
-def _split(
-    texts: list[str],
-    teacher: np.ndarray,
-    hard: np.ndarray | None,
-    soft: np.ndarray | None,
+def _close_epoch(
+    state: ckpt.TrainState,
+    agreement: Agreement,
     config: DistillConfig,
-) -> tuple[list[str], np.ndarray, list[str], np.ndarray, np.ndarray | None, np.ndarray | None]:
-    n = len(texts)
-    n_val = max(1, round(n * config.val_fraction))
-    if n - n_val < 1:
-        raise DistillError(f"{n} records are too few to hold out a validation set")
-    order = np.random.default_rng(config.seed).permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return (
-        [texts[i] for i in train_idx],
-        teacher[train_idx],
-        [texts[i] for i in val_idx],
-        teacher[val_idx],
-        None if hard is None else hard[train_idx],
-        None if soft is None else soft[train_idx],
+    seconds: float,
+    checkpoints: Path,
+    trainable: nn.Module,
+) -> None:
+    """Record the finished epoch in ``state`` (history, best epoch and its weights, epochs without gain)."""
+    epoch, running = state.epoch, state.running
+    count = max(running.get("n", 0.0), 1.0)
+    record = EpochRecord(
+        epoch=epoch + 1,
+        step=state.step,
+        train_loss=running.get("loss", 0.0) / count,
+        train_terms={k: v / count for k, v in running.items() if k not in ("n", "loss")},
+        val_mse=agreement.mse,
+        val_cosine=agreement.cosine,
+        val_overlap=agreement.overlap,
+        lr=float(state.lr if state.lr is not None else config.lr),
+        seconds=seconds,
     )
+    state.history.append(dataclasses.asdict(record))
+    if _is_better(agreement, state.best_score, config):
+        state.best_epoch = epoch + 1
+        state.best_score = _score(agreement, config)
+        state.best_agreement = dataclasses.asdict(agreement)
+        state.best_dir = ckpt.save_best(checkpoints, trainable, epoch + 1)
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    state.epoch, state.batch_in_epoch, state.running = epoch + 1, 0, {}
 
 
 def _prepare_out_dir(out_dir: Path, checkpoints: Path, *, resume: bool, overwrite: bool) -> bool:
