@@ -18,6 +18,7 @@ int8 0.95, per-channel 0.992, per-channel with the first 2 FFN outputs in fp32 0
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import json
@@ -46,10 +47,8 @@ from ehrembed.encoders.student import (
 )
 from ehrembed.fsutil import atomic_dir, atomic_write_text, file_lock
 
-ONNX_INT8 = "model_int8.onnx"
-ONNX_FP32 = "model.onnx"
-SIDECAR = "ehrembed_onnx.json"
-SIDECAR_FORMAT = 1
+ONNX_INT8, ONNX_FP32 = "model_int8.onnx", "model.onnx"
+SIDECAR, SIDECAR_FORMAT = "ehrembed_onnx.json", 1
 DEFAULT_OPSET = 18
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _ACTIVATIONS = {"torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh"}
@@ -60,7 +59,7 @@ CHECK_TEXTS = [
     "### Inpatient Visit (12 days ago)\n#### Conditions\n- Heart failure with reduced ejection fraction",
     "#### Medications\n- furosemide 40 MG Oral Tablet\n- apixaban 5 MG Oral Tablet\n- metformin 500 MG",
     "- Emergency visit for chest pain; troponin normal; discharged home the same day",
-    "## Past Medical Visits\n- Outpatient Visit (200 days ago)\n- Outpatient Visit (430 days ago)",
+    "## Past Medical Visits\n- Outpatient Visit on 2019-01-02 (200 days before prediction time)",
 ]
 """Short clinical Markdown samples for the export check recorded in the sidecar."""
 
@@ -151,16 +150,13 @@ def export_onnx(
     (down) projections of the first N layers in fp32: higher cosine to fp32, a little slower; 0 quantizes
     every linear layer.
     """
-    try:
-        import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:  # pragma: no cover - the ml extra is missing
-        raise EncoderError(f"ONNX export needs the ml extra (pip install 'ehrembed[ml]'): {exc}") from exc
-    for needed in ("onnx", "onnxscript"):
+    for needed in ("torch", "onnxruntime.quantization", "onnx", "onnxscript"):
         try:
-            __import__(needed)
-        except ImportError as exc:
-            raise EncoderError(f"ONNX export needs the {needed} package: pip install 'ehrembed[ml]'") from exc
+            importlib.import_module(needed)
+        except ImportError as exc:  # pragma: no cover - the ml extra is missing
+            raise EncoderError(f"ONNX export needs {needed}: pip install 'ehrembed[ml]'") from exc
+    import torch
+
     if opset < 14:
         raise EncoderError(f"opset must be >= 14, got {opset}")
 
@@ -178,21 +174,7 @@ def export_onnx(
     if hf_model is None or tokenizer is None or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise EncoderError(f"{source}: the first module must be a Transformer with a fast tokenizer")
 
-    dense_layers: list[Any] = []
-    normalize = False
-    for module in modules[1:]:
-        kind = type(module).__name__
-        if kind == "Pooling":
-            if dense_layers or normalize:
-                raise EncoderError(f"{source}: a Pooling module after Dense/Normalize is not supported")
-        elif kind == "Dense":
-            if getattr(module, "use_residual", False):
-                raise EncoderError(f"{source}: Dense with a residual connection is not supported by the ONNX student")
-            dense_layers.append(module)
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise EncoderError(f"{source}: module {kind} is not supported by the ONNX student")
+    dense_layers, normalize = _head_modules(modules[1:], source)
     pooling: Pooling = pooling_from_folder(source)
 
     _use_eager_attention(hf_model)
@@ -201,15 +183,6 @@ def export_onnx(
     if input_names[:2] != ["input_ids", "attention_mask"]:
         raise EncoderError(f"{source}: the tokenizer must give input_ids and attention_mask, got {input_names}")
 
-    class _Wrapper(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-
     example = tokenizer(["a patient record with several words in it", "a short one"], padding=True, return_tensors="pt")
     args = tuple(example[n] for n in input_names)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -217,61 +190,13 @@ def export_onnx(
 
     with atomic_dir(target, overwrite=overwrite) as scratch:
         fp32_path = scratch / ONNX_FP32
-        onnx_logger = logging.getLogger("torch.onnx")
-        level = onnx_logger.level
-        onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notes
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    _Wrapper(hf_model),
-                    args,
-                    str(fp32_path),
-                    dynamo=True,
-                    input_names=input_names,
-                    output_names=["last_hidden_state"],
-                    dynamic_shapes=dynamic_shapes,
-                    opset_version=opset,
-                    external_data=False,
-                    verbose=False,
-                )
-        finally:
-            onnx_logger.setLevel(level)
-        model_file = ONNX_FP32
-        if quantize:
-            _fuse_transformer_ops(fp32_path)
-            exclude = _down_projections(fp32_path)[: max(fp32_layers, 0)]
-            hint = _DropLogLine("pre-processing before quantization")  # not applicable to dynamic quantization
-            logging.getLogger().addFilter(hint)
-            try:
-                quantize_dynamic(
-                    str(fp32_path),
-                    str(scratch / ONNX_INT8),
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    nodes_to_exclude=exclude,
-                )
-            finally:
-                logging.getLogger().removeFilter(hint)
-            fp32_path.unlink()
-            model_file = ONNX_INT8
+        _export_graph(hf_model, args, input_names, dynamic_shapes, fp32_path, opset)
+        model_file = _quantize(fp32_path, scratch / ONNX_INT8, fp32_layers) if quantize else ONNX_FP32
 
         tokenizer.save_pretrained(str(scratch))
         if not (scratch / "tokenizer.json").is_file():
             tokenizer.backend_tokenizer.save(str(scratch / "tokenizer.json"))
-        dense_meta = []
-        for i, layer in enumerate(dense_layers):
-            weight = layer.linear.weight.detach().cpu().numpy().astype(np.float32)
-            np.save(scratch / f"dense_{i}_weight.npy", weight)
-            entry: dict[str, Any] = {
-                "weight": f"dense_{i}_weight.npy",
-                "bias": None,
-                "activation": _activation_name(layer),
-            }
-            if layer.linear.bias is not None:
-                np.save(scratch / f"dense_{i}_bias.npy", layer.linear.bias.detach().cpu().numpy().astype(np.float32))
-                entry["bias"] = f"dense_{i}_bias.npy"
-            dense_meta.append(entry)
+        dense_meta = _save_dense(dense_layers, scratch)
 
         hidden = int(hf_model.config.hidden_size)
         positions = int(getattr(hf_model.config, "max_position_embeddings", 0) or 0)
@@ -314,6 +239,96 @@ def export_onnx(
         }
         atomic_write_text(scratch / SIDECAR, json.dumps(sidecar, indent=2))
     return target
+
+
+def _head_modules(modules: list[Any], source: Path) -> tuple[list[Any], bool]:
+    """The Dense layers after pooling and whether a Normalize ends the model; anything else is refused."""
+    dense_layers: list[Any] = []
+    normalize = False
+    for module in modules:
+        kind = type(module).__name__
+        if kind == "Pooling":
+            if dense_layers or normalize:
+                raise EncoderError(f"{source}: a Pooling module after Dense/Normalize is not supported")
+        elif kind == "Dense":
+            if getattr(module, "use_residual", False):
+                raise EncoderError(f"{source}: Dense with a residual connection is not supported by the ONNX student")
+            dense_layers.append(module)
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise EncoderError(f"{source}: module {kind} is not supported by the ONNX student")
+    return dense_layers, normalize
+
+
+def _export_graph(
+    hf_model: Any, args: tuple[Any, ...], input_names: list[str], dynamic_shapes: Any, path: Path, opset: int
+) -> None:
+    """torch's (dynamo) ONNX export of the body (as ``last_hidden_state``, the plain tensor signature the
+    exporter wants) to ``path``, quietly."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                LastHiddenState(hf_model),
+                args,
+                str(path),
+                dynamo=True,
+                input_names=input_names,
+                output_names=["last_hidden_state"],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        onnx_logger.setLevel(level)
+
+
+def _quantize(fp32_path: Path, int8_path: Path, fp32_layers: int) -> str:
+    """Fuse the BERT sub-graphs, quantize weights to int8 per channel (the first ``fp32_layers`` FFN down-
+    projections stay fp32), drop the fp32 file; the int8 file's name."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _fuse_transformer_ops(fp32_path)
+    exclude = _down_projections(fp32_path)[: max(fp32_layers, 0)]
+    hint = _DropLogLine("pre-processing before quantization")  # not applicable to dynamic quantization
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(
+            str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
+    fp32_path.unlink()
+    return int8_path.name
+
+
+def _save_dense(dense_layers: list[Any], folder: Path) -> list[dict[str, Any]]:
+    """Each Dense layer's weight (and bias) as ``.npy`` in ``folder``; their sidecar entries."""
+    entries = []
+    for i, layer in enumerate(dense_layers):
+        np.save(folder / f"dense_{i}_weight.npy", layer.linear.weight.detach().cpu().numpy().astype(np.float32))
+        entry: dict[str, Any] = {"weight": f"dense_{i}_weight.npy", "bias": None, "activation": _activation_name(layer)}
+        if layer.linear.bias is not None:
+            np.save(folder / f"dense_{i}_bias.npy", layer.linear.bias.detach().cpu().numpy().astype(np.float32))
+            entry["bias"] = f"dense_{i}_bias.npy"
+        entries.append(entry)
+    return entries
 
 
 def default_onnx_student_folder(home: Path | None = None) -> Path:
