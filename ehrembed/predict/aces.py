@@ -156,23 +156,28 @@ def aces_labels(config: Mapping[str, Any], predicates: Mapping[str, Any] | None,
         raise TaskError("an ACES config for a task needs a window with 'label' and one with 'index_timestamp'")
     frames: list[pl.DataFrame] = []
     matched: dict[str, int] = dict.fromkeys(cfg.plain_predicates, 0)
-    logging.getLogger("aces").setLevel(logging.ERROR)  # ACES logs each step (and label warnings) itself
-    for i, shard in enumerate(dataset.shards):
-        if i:  # a config is changed by the query it runs (as aces-cli, one fresh config per shard)
-            cfg = _extractor_config(merged)
-        data_config = DictConfig({"path": str(shard), "standard": "meds"})
-        predicates_df = aces_predicates.get_predicates_df(cfg, data_config)
-        for name in matched:
-            matched[name] += int(predicates_df.get_column(name).sum() or 0)
-        result = aces_query.query(cfg, predicates_df)
-        if result is not None and result.height:
-            frames.append(
-                result.select(
-                    pl.col("subject_id").cast(pl.Int64).alias(s.SUBJECT_ID),
-                    pl.col("index_timestamp").cast(pl.Datetime("us")).alias("prediction_time"),
-                    pl.col("label").cast(pl.Boolean).alias("value"),
+    aces_log = logging.getLogger("aces")
+    level = aces_log.level
+    aces_log.setLevel(logging.ERROR)  # ACES logs each step (and label warnings) itself; ours say what matters
+    try:
+        for i, shard in enumerate(dataset.shards):
+            if i:  # a config is changed by the query it runs (as aces-cli, one fresh config per shard)
+                cfg = _extractor_config(merged)
+            data_config = DictConfig({"path": str(shard), "standard": "meds"})
+            predicates_df = aces_predicates.get_predicates_df(cfg, data_config)
+            for name in matched:
+                matched[name] += int(predicates_df.get_column(name).sum() or 0)
+            result = aces_query.query(cfg, predicates_df)
+            if result is not None and result.height:
+                frames.append(
+                    result.select(
+                        pl.col("subject_id").cast(pl.Int64).alias(s.SUBJECT_ID),
+                        pl.col("index_timestamp").cast(pl.Datetime("us")).alias("prediction_time"),
+                        pl.col("label").cast(pl.Boolean).alias("value"),
+                    )
                 )
-            )
+    finally:
+        aces_log.setLevel(level)
     if not frames:
         silent = sorted(name for name, n in matched.items() if n == 0)
         hint = f"; predicates matching no event in {dataset.root}: {', '.join(silent)}" if silent else ""
