@@ -61,9 +61,14 @@ class EmbedConfig:
     def replaying(cls, stored: Mapping[str, Any]) -> EmbedConfig:
         """The config that embeds new records the way stored vectors were made: their instruction and
         serializer layout, from an index's or a head's record of them (``instruction``, ``serializer``).
-        One made before layouts were recorded was Markdown."""
+
+        Vectors recorded before Markdown followed the reference (a layout with ``max_labs``, or none recorded
+        at all: the Markdown of that time) were made in what is now ``markdown_compact``, and replay in it.
+        """
         known = {f.name for f in dataclasses.fields(SerializerConfig)} - {"max_tokens"}
-        layout = stored.get("serializer") or {"format": "markdown"}
+        layout = dict(stored.get("serializer") or {"format": "markdown_compact"})
+        if layout.get("format") == "markdown" and "max_labs" in layout:
+            layout["format"] = "markdown_compact"
         return cls(
             instruction=stored.get("instruction"),
             serializer=SerializerConfig(**{k: v for k, v in layout.items() if k in known}),

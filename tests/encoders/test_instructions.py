@@ -129,6 +129,10 @@ def test_replaying_a_stored_layout_and_instruction() -> None:
     stored = EmbedConfig.replaying({"instruction": "x", "serializer": {"format": "list", "max_tokens": 90}})
     assert stored.instruction == "x" and stored.serializer.format == "list"
     assert stored.serializer.max_tokens is None  # the budget is the encoder's window again, not a stale number
-    legacy = EmbedConfig.replaying({"instruction": None})  # made before layouts were recorded: Markdown
-    assert legacy.serializer.format == "markdown" and legacy.instruction is None
+    legacy = EmbedConfig.replaying({"instruction": None})  # made before layouts were recorded: old Markdown
+    assert legacy.serializer.format == "markdown_compact" and legacy.instruction is None
+    before = EmbedConfig.replaying({"serializer": {"format": "markdown", "max_labs": 24, "recent_values": 3}})
+    assert before.serializer.format == "markdown_compact"  # recorded before Markdown followed the reference
+    now = EmbedConfig.replaying({"serializer": {"format": "markdown", "recent_values": 3, "shift_dates": True}})
+    assert now.serializer.format == "markdown" and now.serializer.shift_dates
     assert EmbedConfig().serializer.format == "list"  # records are embedded in the reference list by default
