@@ -66,10 +66,29 @@ HeadOption = Annotated[
 
 
 @tasks_app.command("list")
-def tasks_list_cmd(as_json: JsonFlag = False) -> None:
-    """The built-in EHRSHOT-style tasks, by group."""
+def tasks_list_cmd(
+    meds_dev: Annotated[
+        bool, typer.Option("--meds-dev", help="List the installed MEDS-DEV task configs (meds-dev:PATH) instead.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """The built-in EHRSHOT-style tasks, by group (or MEDS-DEV's task configs)."""
     from ehrembed.predict.tasks import builtin_tasks
 
+    if meds_dev:
+        from ehrembed.predict.aces import meds_dev_tasks
+
+        with user_errors():
+            refs = meds_dev_tasks()
+        if as_json:
+            print_json(refs)
+            return
+        for ref in refs:
+            out_console.print(ref)
+        out_console.print(
+            "[dim]their dataset predicates: --predicates FILE (or omop for `ehrembed ingest omop` data)[/]"
+        )
+        return
     tasks = builtin_tasks()
     if as_json:
         print_json([t.to_dict() for t in tasks])

@@ -69,8 +69,7 @@ def first_sentence(text: str, limit: int = 240) -> str:
     return first[:limit].strip()
 
 
-def meds_dev_task(ref: str) -> Path:
-    """``meds-dev:readmission/general_hospital/30d`` → that task config of the installed ``meds-dev`` package."""
+def _meds_dev_tasks_dir() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("MEDS_DEV")
@@ -79,12 +78,23 @@ def meds_dev_task(ref: str) -> Path:
             "MEDS-DEV's task configs come from the meds-dev package: pip install --no-deps meds-dev "
             "(its declared dependencies pin old versions of meds and polars; the configs need none of them)"
         )
-    tasks = Path(spec.origin).parent / "tasks"
+    return Path(spec.origin).parent / "tasks"
+
+
+def meds_dev_tasks() -> list[str]:
+    """The installed MEDS-DEV task configs, as ``meds-dev:PATH`` references."""
+    tasks = _meds_dev_tasks_dir()
+    return sorted(f"{MEDS_DEV_PREFIX}{p.relative_to(tasks).with_suffix('')}" for p in tasks.rglob("*.yaml"))
+
+
+def meds_dev_task(ref: str) -> Path:
+    """``meds-dev:readmission/general_hospital/30d`` → that task config of the installed ``meds-dev`` package."""
+    tasks = _meds_dev_tasks_dir()
     name = ref.removeprefix(MEDS_DEV_PREFIX).strip("/").removesuffix(".yaml")
     path = tasks / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(str(p.relative_to(tasks).with_suffix("")) for p in tasks.rglob("*.yaml"))
-        raise TaskError(f"no MEDS-DEV task {name!r}; the installed ones: {', '.join(known)}")
+        known = ", ".join(r.removeprefix(MEDS_DEV_PREFIX) for r in meds_dev_tasks())
+        raise TaskError(f"no MEDS-DEV task {name!r}; the installed ones: {known}")
     return path
 
 

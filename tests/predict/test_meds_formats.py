@@ -43,6 +43,8 @@ def test_meds_dev_task_needs_its_dataset_predicates_and_names_them(synth: MedsDa
         label_dataset(task, synth)
     with pytest.raises(TaskError, match=r"predicates file nope\.yaml not found"):
         resolve_tasks([READMISSION], predicates="nope.yaml")
+    listed = runner.invoke(app, ["tasks", "list", "--meds-dev", "--json"])
+    assert listed.exit_code == 0 and READMISSION in listed.stdout
     with pytest.raises(TaskError, match="no MEDS-DEV task 'nope'"):
         resolve_tasks(["meds-dev:nope"])
 
