@@ -242,6 +242,8 @@ def test_tasks_create_list_and_validate(served: Served) -> None:
     assert names["htn_next_year"] == "stored" and names["long_los"] == "builtin"
     bad = c.post("/v1/tasks", json={"name": "x", "outcome": {"codes": ["nope"]}}, headers=served.headers("write"))
     assert "VOCABULARY/CODE" in _error(bad, 400)["message"]
+    files = {"name": "y", "outcome": {"rule": "labels", "path": "/etc"}}  # would read the server's files
+    assert "server files" in _error(c.post("/v1/tasks", json=files, headers=served.headers("write")), 400)["message"]
 
 
 def test_an_aces_config_is_a_task_and_fits_a_head(served: Served) -> None:

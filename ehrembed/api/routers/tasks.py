@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ehrembed.api.deps import ReadKey, StateDep, WriteKey
+from ehrembed.api.errors import ApiError
 from ehrembed.api.schemas import TaskOut
 from ehrembed.predict.tasks import builtin_tasks, parse_task
 from ehrembed.store.repository import list_tasks, upsert_task
@@ -24,8 +25,11 @@ def tasks(state: StateDep, _key: ReadKey) -> list[TaskOut]:
 
 @router.post("", response_model=TaskOut, status_code=201)
 def create_task(definition: dict[str, object], state: StateDep, _key: WriteKey) -> TaskOut:
-    """Validate a task (the YAML format as JSON) and store it, replacing a stored task of the same name."""
+    """Validate a task (the YAML format as JSON, or an ACES config with a ``name``) and store it, replacing a
+    stored task of the same name. A labels-folder task names files on the server: refused here."""
     task = parse_task(definition, source="task")
+    if task.outcome.rule == "labels":
+        raise ApiError(400, "a task over a labels folder names server files; post its labels as examples", "outcome")
     with state.session() as session:
         upsert_task(session, task.name, task.to_dict())
     return TaskOut(name=task.name, source="stored", definition=task.to_dict())
