@@ -18,6 +18,10 @@ Outcome rules (``outcome.rule``): ``codes`` (the default: any of the codes, with
 horizon), ``length_of_stay`` (the visit lasts at least ``min_days``), ``readmission`` (another
 inpatient admission within ``within_days`` of discharge), ``icu_transfer`` (an ICU code during the
 rest of the visit) and ``abnormal_lab`` (the lab result being predicted is beyond a threshold).
+Two rules bring their own labels and prediction times (``prediction_times.rule: given``): ``aces``
+(an ACES task config, MEDS-DEV's format, labelled by the ``es-aces`` package; :mod:`.aces`) and
+``labels`` (a folder of MEDS label files; :mod:`.meds_labels`). :func:`load_task` makes them from an
+ACES config file or a labels folder; :func:`parse_task` from an ACES config with a ``name``.
 
 The built-in files under ``predict/tasks/`` follow EHRSHOT's groups (operational outcomes, new
 diagnoses within 365 days, abnormal lab results); :func:`builtin_tasks` lists them.
