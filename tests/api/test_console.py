@@ -1,0 +1,110 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright against a live server on loopback.
+
+Runs once (on the SQLite store). ``.ci/run`` installs chromium; without it the browser test is skipped with
+that reason, while the page's headers are still checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ehrembed.api import create_app
+from tests.api.conftest import Served
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = os.environ.get("EHREMBED_CONSOLE_SCREENSHOTS")
+
+
+@pytest.fixture()
+def live(served: Served) -> Iterator[str]:
+    """The served cohort's app under uvicorn on a free loopback port; its base URL."""
+    if served.settings.database_url is not None:
+        pytest.skip("the browser runs once, on the SQLite store")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served.settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the console's server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_console_is_static_strict_and_needs_no_key_to_load(live: str) -> None:
+    page = httpx.get(f"{live}/ui/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "<script>" not in page.text and 'src="/ui/console.js"' in page.text  # no inline script
+    assert httpx.get(f"{live}/ui/console.js").headers["content-type"].startswith("text/javascript")
+    assert httpx.get(f"{live}/ui/../v1/datasets").status_code in (401, 404)
+    assert httpx.get(f"{live}/v1/datasets").status_code == 401  # the data stays behind the API's key
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_sign_in_open_a_patient_and_filter_its_neighbours(live: str, served: Served) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    subject = served.dataset.subject_ids()[5]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"{live}/ui/")
+        expect(page.locator("#sign-in-view")).to_be_visible()
+        expect(page.locator("#patient-view")).to_be_hidden()  # no key: only the sign-in page
+
+        page.fill("#api-key", "ehr_not_a_key")
+        page.click("#sign-in button")
+        expect(page.locator("#sign-in-error")).to_contain_text("invalid or revoked API key")
+        expect(page.locator("#patient-view")).to_be_hidden()
+
+        page.fill("#api-key", served.keys["read"])
+        page.click("#sign-in button")
+        expect(page.locator("#who")).to_contain_text("read key")
+        expect(page.locator("#dataset option")).to_have_count(1)
+        assert page.evaluate("document.cookie") == ""  # the key is never a cookie
+
+        page.fill("#subject", str(subject))
+        page.click("#patient-form button")
+        expect(page.locator("#record-body")).to_contain_text("Electronic Healthcare Record")
+        expect(page.locator("#neighbours tbody tr")).to_have_count(10)
+        assert str(subject) not in page.locator("#neighbours tbody td:nth-child(2)").all_inner_texts()
+
+        if SHOTS:  # the README's screenshot: EHREMBED_CONSOLE_SCREENSHOTS=docs pytest tests/api/test_console.py
+            page.set_viewport_size({"width": 1200, "height": 800})
+            page.screenshot(path=str(Path(SHOTS) / "console-patient.png"))
+        page.select_option("#filter-sex", "F")
+        page.click("#filters button")
+        expect(page.locator("#neighbours tbody tr td:nth-child(4)").first).to_contain_text("F,")
+        sexes = page.locator("#neighbours tbody tr td:nth-child(4)").all_inner_texts()
+        assert sexes and all(s.startswith("F,") for s in sexes)
+
+        page.fill("#subject", "999999999")
+        page.click("#patient-form button")
+        expect(page.locator("#patient-error")).to_contain_text("not in dataset")
+
+        page.click("#sign-out")
+        expect(page.locator("#sign-in-view")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+        browser.close()
+    assert not [e for e in errors if "401" not in e and "404" not in e], errors
