@@ -126,7 +126,13 @@ async function searchSimilar() {
     has_code: filters.get("has_code"),
   };
   const subject = encodeURIComponent($("subject").value);
-  renderNeighbours(await api(`/v1/patients/${subject}/similar?${query(params)}`));
+  const table = $("neighbours");
+  table.setAttribute("aria-busy", "true");
+  try {
+    renderNeighbours(await api(`/v1/patients/${subject}/similar?${query(params)}`));
+  } finally {
+    table.setAttribute("aria-busy", "false");
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
