@@ -10,14 +10,18 @@ function key() {
   return sessionStorage.getItem(KEY);
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: { Authorization: "Bearer " + key() } });
-  const body = await response.json().catch(() => ({}));
+async function api(path, body) {
+  const headers = { Authorization: "Bearer " + key() };
+  const init = body === undefined ? { headers } : {
+    method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  const response = await fetch(path, init);
+  const answer = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const message = (body.error && body.error.message) || response.statusText;
+    const message = (answer.error && answer.error.message) || response.statusText;
     throw new Error(message);
   }
-  return body;
+  return answer;
 }
 
 function el(tag, text, attrs) {
@@ -41,6 +45,10 @@ async function signIn(secret) {
     const datasets = await api("/v1/datasets");
     const select = $("dataset");
     select.replaceChildren(...datasets.map((d) => el("option", `${d.name} (${d.subjects} patients)`, { value: d.name })));
+    const tasks = await api("/v1/tasks");
+    $("task").replaceChildren(...tasks.map((t) => el("option", t.name, { value: t.name })));
+    const encoders = await api("/v1/encoders");
+    $("encoder").replaceChildren(...encoders.map((name) => el("option", name, { value: name })));
     show(true, who);
   } catch (error) {
     sessionStorage.removeItem(KEY);
@@ -135,7 +143,63 @@ async function searchSimilar() {
   }
 }
 
+async function fitHead() {
+  const body = {
+    dataset: $("dataset").value, task: $("task").value, encoder: $("encoder").value,
+    head: $("head-kind").value, max_examples: 120,
+  };
+  const head = await api("/v1/heads", body);
+  $("head-id").value = head.head_id;
+  const auroc = head.metrics.auroc === undefined ? "no validation AUROC" : `validation AUROC ${head.metrics.auroc.toFixed(3)}`;
+  $("head-card").textContent = `Head ${head.head_id}: ${head.kind} on ${head.encoder}, ${head.n_examples} examples ` +
+    `(${head.n_positive} positive), ${auroc}.`;
+}
+
+function renderRisk(prediction) {
+  $("probability").textContent = `Risk: ${(100 * prediction.probability).toFixed(1)}% as of ${prediction.as_of}`;
+  const rows = prediction.similar_examples.map((e) => {
+    const row = el("tr");
+    const label = e.boolean_value === undefined ? e.label : e.boolean_value;
+    row.append(el("td", e.subject_id), el("td", e.prediction_time), el("td", label ? "positive" : "negative"),
+      el("td", Number(e.similarity).toFixed(3)));
+    return row;
+  });
+  document.querySelector("#evidence tbody").replaceChildren(...rows);
+  const passages = prediction.guidelines.map((g) => {
+    const item = el("li");
+    item.append(el("strong", `${g.title} — ${g.section}: `), document.createTextNode(g.passage));
+    if (g.doi) {
+      item.append(document.createTextNode(" "));
+      item.append(el("a", `doi:${g.doi}`, { href: `https://doi.org/${g.doi}`, rel: "noreferrer noopener" }));
+    }
+    return item;
+  });
+  $("passages").replaceChildren(...passages);
+}
+
+async function predictRisk() {
+  const body = { subject_ids: [Number($("subject").value)], evidence: 3, guidelines: 2 };
+  if ($("as-of").value) body.as_of = $("as-of").value + "T23:59:59";
+  const result = await api(`/v1/heads/${encodeURIComponent($("head-id").value)}/predict`, body);
+  renderRisk(result.predictions[0]);
+}
+
+function reportRiskErrors(action) {
+  $("risk-error").textContent = "";
+  action().catch((error) => {
+    $("risk-error").textContent = error.message;
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("head-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    reportRiskErrors(fitHead);
+  });
+  $("head-pick").addEventListener("submit", (event) => {
+    event.preventDefault();
+    reportRiskErrors(predictRisk);
+  });
   $("sign-in").addEventListener("submit", (event) => {
     event.preventDefault();
     $("sign-in-error").textContent = "";

@@ -1,4 +1,5 @@
-"""Who is calling, and what the server holds: the datasets it serves and their search indexes."""
+"""Who is calling, and what the server holds: the datasets it serves (with their search indexes) and the
+encoders it offers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from ehrembed.api.deps import ReadKey, StateDep
-from ehrembed.store.repository import current_artifact, list_datasets
+from ehrembed.store.repository import current_artifact, list_artifacts, list_datasets
+from ehrembed.store.tables import ArtifactKind
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
@@ -45,3 +47,11 @@ def datasets(state: StateDep, _key: ReadKey) -> list[DatasetOut]:
             )
             for d in list_datasets(session)
         ]
+
+
+@router.get("/encoders", response_model=list[str])
+def encoders(state: StateDep, _key: ReadKey) -> list[str]:
+    """The encoder names heads and embeddings may name: the built-in ones served here and the registered models."""
+    with state.session() as session:
+        models = {a.name for a in list_artifacts(session, ArtifactKind.MODEL)}
+    return sorted(set(state.settings.api_encoders) | models)
