@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset, conform_codes
-from ehrembed.ehr.vocabulary import Vocabulary, coverage_by_vocabulary
+from ehrembed.ehr.vocabulary import Vocabulary, code_counts, coverage_by_vocabulary
 from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_write_bytes
 
@@ -78,9 +78,10 @@ def read_concepts(path: Path, codes: set[str]) -> pl.DataFrame:
 
 def describe_codes(dataset: MedsDataset, concepts_csv: Path) -> DescribeReport:
     """Fill missing descriptions (and domains) of the dataset's codes from an Athena export, in place."""
-    before = coverage_by_vocabulary(dataset)
+    counts = code_counts(dataset)
+    before = coverage_by_vocabulary(dataset, counts=counts)
     codes = dataset.codes()
-    used = set(dataset.scan().select(pl.col(s.CODE).unique()).collect().get_column(s.CODE).to_list())
+    used = set(counts.get_column(s.CODE).to_list())
     known = codes.filter(pl.col(s.DESCRIPTION).is_not_null() & (pl.col(s.DESCRIPTION) != ""))
     undescribed = (used | set(codes.get_column(s.CODE).to_list())) - set(known.get_column(s.CODE).to_list())
     found = read_concepts(concepts_csv, undescribed)
@@ -103,5 +104,5 @@ def describe_codes(dataset: MedsDataset, concepts_csv: Path) -> DescribeReport:
         sink = pa.BufferOutputStream()
         pq.write_table(conform_codes(merged).to_arrow().cast(s.CODES_SCHEMA), sink)
         atomic_write_bytes(dataset.root / "metadata" / "codes.parquet", sink.getvalue().to_pybytes())
-    after = coverage_by_vocabulary(dataset, Vocabulary.from_dataset(dataset))
+    after = coverage_by_vocabulary(dataset, Vocabulary.from_dataset(dataset), counts=counts)
     return DescribeReport(found.height, before, after)

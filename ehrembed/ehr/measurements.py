@@ -74,12 +74,6 @@ REFERENCE_RANGES: dict[str, tuple[str, float | None, float | None]] = {
 }
 
 
-def _two_decimals(value: float) -> str:
-    """The reference's numbers: 2 decimals, trailing zeros stripped (``85.0`` → ``85``, ``1.234`` → ``1.23``)."""
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
 def _format_number(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
 

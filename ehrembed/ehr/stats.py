@@ -8,7 +8,7 @@ import polars as pl
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
-from ehrembed.ehr.vocabulary import Vocabulary, coverage, coverage_by_vocabulary
+from ehrembed.ehr.vocabulary import Vocabulary, code_counts, coverage, coverage_by_vocabulary
 
 
 def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
@@ -35,14 +35,13 @@ def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) ->
         .row(0, named=True)
     )
     splits = dataset.splits().group_by(s.SPLIT).agg(pl.len().alias("n")).sort(s.SPLIT)
-    top = (
-        lazy.group_by(s.CODE).agg(pl.len().alias("n")).sort(["n", s.CODE], descending=[True, False]).head(10).collect()
-    )
+    counts = code_counts(dataset)
+    top = counts.sort(["n", s.CODE], descending=[True, False]).head(10)
     domains: dict[str, int] = {}
-    for code, n in lazy.group_by(s.CODE).agg(pl.len().alias("n")).collect().iter_rows():
+    for code, n in counts.iter_rows():
         domain = str(vocabulary.domain(code))
         domains[domain] = domains.get(domain, 0) + n
-    cov = coverage(dataset, vocabulary)
+    cov = coverage(dataset, vocabulary, counts=counts)
     return {
         "dataset": dataset.name,
         "path": str(dataset.root),
@@ -61,5 +60,5 @@ def dataset_stats(dataset: MedsDataset, vocabulary: Vocabulary | None = None) ->
             {"code": code, "description": vocabulary.describe(code), "events": n} for code, n in top.iter_rows()
         ],
         "description_coverage": cov.as_dict(),
-        "coverage_by_vocabulary": coverage_by_vocabulary(dataset, vocabulary),
+        "coverage_by_vocabulary": coverage_by_vocabulary(dataset, vocabulary, counts=counts),
     }

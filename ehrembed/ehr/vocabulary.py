@@ -197,10 +197,18 @@ class Coverage:
         }
 
 
-def coverage(dataset: MedsDataset, vocabulary: Vocabulary | None = None, top: int = 10) -> Coverage:
-    """Description coverage of a dataset's events (counted per event and per distinct code)."""
+def code_counts(dataset: MedsDataset) -> pl.DataFrame:
+    """Events per code (``code``, ``n``): one pass over the data, for the coverage figures to share."""
+    return dataset.scan().group_by(s.CODE).agg(pl.len().alias("n")).collect()
+
+
+def coverage(
+    dataset: MedsDataset, vocabulary: Vocabulary | None = None, top: int = 10, counts: pl.DataFrame | None = None
+) -> Coverage:
+    """Description coverage of a dataset's events (counted per event and per distinct code); ``counts`` from
+    :func:`code_counts` when the caller has them already."""
     vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
-    counts = dataset.scan().group_by(s.CODE).agg(pl.len().alias("n")).collect()
+    counts = code_counts(dataset) if counts is None else counts
     events_by: dict[str, int] = {"metadata": 0, "package": 0, "raw": 0}
     codes_by: dict[str, int] = {"metadata": 0, "package": 0, "raw": 0}
     undescribed: list[tuple[str, int]] = []
@@ -220,10 +228,13 @@ def coverage(dataset: MedsDataset, vocabulary: Vocabulary | None = None, top: in
     )
 
 
-def coverage_by_vocabulary(dataset: MedsDataset, vocabulary: Vocabulary | None = None) -> dict[str, dict[str, int]]:
-    """Per vocabulary prefix (``LOINC``, ``RxNorm``, ...): distinct codes and events, and how many are described."""
+def coverage_by_vocabulary(
+    dataset: MedsDataset, vocabulary: Vocabulary | None = None, counts: pl.DataFrame | None = None
+) -> dict[str, dict[str, int]]:
+    """Per vocabulary prefix (``LOINC``, ``RxNorm``, ...): distinct codes and events, and how many are described
+    (``counts`` from :func:`code_counts` when the caller has them already)."""
     vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
-    counts = dataset.scan().group_by(s.CODE).agg(pl.len().alias("n")).collect()
+    counts = code_counts(dataset) if counts is None else counts
     out: dict[str, dict[str, int]] = {}
     for code, n in counts.iter_rows():
         prefix = _split(code)[0] or code
