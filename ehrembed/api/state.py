@@ -173,17 +173,23 @@ class ServiceState:
         with self._lock:
             if name in self.encoders:
                 return self.encoders[name]
-        allowed = set(self.settings.api_encoders)
-        with self.session() as session:
-            models = {a.name: a.path for a in list_artifacts(session, ArtifactKind.MODEL)}
-        if name not in allowed and name not in models:
-            known = sorted(allowed | set(models))
-            raise NotFoundError(f"unknown encoder {name!r}; this service offers: {', '.join(known)}")
+        models = self.registered_models()
+        if name not in self.settings.api_encoders and name not in models:
+            raise NotFoundError(f"unknown encoder {name!r}; this service offers: {', '.join(self.encoder_names())}")
         from ehrembed.encoders import load_encoder
 
         loaded = _LockedEncoder(load_encoder(models.get(name, name)))
         with self._lock:
             return self.encoders.setdefault(name, loaded)
+
+    def registered_models(self) -> dict[str, str]:
+        """Model folders recorded in the store, by name."""
+        with self.session() as session:
+            return {a.name: a.path for a in list_artifacts(session, ArtifactKind.MODEL)}
+
+    def encoder_names(self) -> list[str]:
+        """What a request may name as its encoder: the built-in encoders served here and the registered models."""
+        return sorted(set(self.settings.api_encoders) | set(self.registered_models()))
 
     def encoder_for(self, spec: EncoderSpec) -> Encoder | None:
         """A loaded encoder with this spec, or one loaded from the spec's local folder; None if neither."""

@@ -7,8 +7,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from ehrembed.api.deps import ReadKey, StateDep
-from ehrembed.store.repository import current_artifact, list_artifacts, list_datasets
-from ehrembed.store.tables import ArtifactKind
+from ehrembed.store.repository import current_artifact, list_datasets
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
@@ -52,6 +51,4 @@ def datasets(state: StateDep, _key: ReadKey) -> list[DatasetOut]:
 @router.get("/encoders", response_model=list[str])
 def encoders(state: StateDep, _key: ReadKey) -> list[str]:
     """The encoder names heads and embeddings may name: the built-in ones served here and the registered models."""
-    with state.session() as session:
-        models = {a.name for a in list_artifacts(session, ArtifactKind.MODEL)}
-    return sorted(set(state.settings.api_encoders) | models)
+    return state.encoder_names()
