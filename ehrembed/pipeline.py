@@ -379,6 +379,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     from ehrembed.predict.tasks import resolve_tasks
     from ehrembed.services.embeddings import record_embeddings
     from ehrembed.services.indexes import build_recorded_index
+    from ehrembed.services.reports import record_report
 
     out = Path(config.out)
     clock = _Clock(say)
@@ -472,5 +473,7 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
         "benchmark",
         lambda: _benchmark(config, dataset, tasks, out, embeddings, encoding, (labelsets, skipped), progress),
     )
+    with catalog() as session:  # the console's report page finds the run here
+        record_report(session, bench.report.parent, dataset.name, dataset.root)
     summary = bench.report.read_text().split("## Macro AUROC by encoder and k", 1)[-1].split("\n## ", 1)[0]
     return MainJobResult(stats, subject_id, as_of, record, clock.timings, bench.report, summary.strip(), encoding)

@@ -20,7 +20,18 @@ from ehrembed.api.deps import _KeyCache, verify_key
 from ehrembed.api.errors import install_handlers
 from ehrembed.api.metrics import Metrics
 from ehrembed.api.middleware import Authenticate, BodyLimit, Observe
-from ehrembed.api.routers import admin, console, datasets, embeddings, guidelines, heads, health, patients, tasks
+from ehrembed.api.routers import (
+    admin,
+    console,
+    datasets,
+    embeddings,
+    guidelines,
+    heads,
+    health,
+    patients,
+    reports,
+    tasks,
+)
 from ehrembed.api.state import ServiceState
 from ehrembed.settings import Settings, get_settings
 
@@ -46,7 +57,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     app.state.metrics = Metrics()
     app.state.key_cache = _KeyCache()
     install_handlers(app)
-    for module in (health, datasets, patients, embeddings, tasks, heads, guidelines, admin, console):
+    for module in (health, datasets, patients, embeddings, tasks, heads, guidelines, reports, admin, console):
         app.include_router(module.router)
     # Added innermost first: a request meets Observe, then Authenticate, then BodyLimit, then the routes.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
@@ -104,6 +105,14 @@ class DatasetHandle:
     """The data folder's modification time when the vocabulary and search state were loaded."""
     ontology: Ontology | None = None
     """Built on first use by a ``count+`` head after each (re)load (:meth:`count_ontology`)."""
+    stats: dict[str, Any] | None = None
+    """The dataset's summary (:func:`ehrembed.ehr.stats.dataset_stats`), made on first ask after each (re)load."""
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes, splits and description coverage, computed once per load (it scans every event)."""
+        if self.stats is None:
+            self.stats = dataset_stats(self.dataset, self.vocabulary)
+        return self.stats
 
     def count_ontology(self) -> Ontology:
         """The dataset's ontology for count features, built once per load rather than per request."""
@@ -242,6 +251,7 @@ class ServiceState:
             generation = _generation(handle.dataset)
             handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
             handle.ontology = None
+            handle.stats = None
             if handle.index_path is not None:
                 handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
             handle.generation = generation

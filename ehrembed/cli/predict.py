@@ -219,6 +219,8 @@ def benchmark_cmd(
     from ehrembed.predict.heads import HEAD_NAMES
     from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
     from ehrembed.predict.tasks import resolve_tasks
+    from ehrembed.services.reports import record_report
+    from ehrembed.store.db import catalog
 
     with user_errors():
         ks = parse_ks(split_list(k)) if k else EHRSHOT_KS
@@ -242,6 +244,8 @@ def benchmark_cmd(
         specs = resolve_tasks(split_list(tasks) or ["all"], predicates=predicates)
         with stage_progress() as update:
             result = benchmark_dataset(ds, specs, out, config, progress=update, say=lambda m: err_console.print(m))
+        with catalog() as session:  # `GET /v1/reports` and the console's report page list it
+            record_report(session, result.report.parent, ds.name, ds.root)
     summary = {
         "report": str(result.report),
         "cells": result.result.results.height,

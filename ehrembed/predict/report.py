@@ -36,12 +36,13 @@ from ehrembed.predict.fewshot import ALL
 REPORT_FILE = "report.md"
 
 
-def _k_order(k: str) -> float:
+def k_order(k: str) -> float:
+    """Sort key of a k label: numeric, with "all" last."""
     return float("inf") if k == ALL else float(k)
 
 
 def _ks(frame: pl.DataFrame) -> list[str]:
-    return sorted(frame.get_column("k").unique().to_list(), key=_k_order)
+    return sorted(frame.get_column("k").unique().to_list(), key=k_order)
 
 
 def macro_auroc(results: pl.DataFrame, head: str | None = None) -> pl.DataFrame:

@@ -15,8 +15,12 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.synth import SynthConfig, generate_cohort
 from ehrembed.encoders.job import EmbedConfig, embed_dataset
 from ehrembed.encoders.student import StudentEncoder
+from ehrembed.predict.benchmark import BenchmarkConfig
+from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
+from ehrembed.predict.tasks import resolve_tasks
 from ehrembed.retrieval.guidelines import RetrievalModelConfig, build_knowledge_base
 from ehrembed.retrieval.index import build_index
+from ehrembed.services.reports import record_report
 from ehrembed.settings import Settings
 from ehrembed.store.catalog import record_artifact, register_meds
 from ehrembed.store.db import create_all, make_engine, session_scope
@@ -77,6 +81,12 @@ def _serve(
     from ehrembed.encoders.embeddings import EmbeddingSet
 
     build_index(EmbeddingSet.load(home / "emb"), home / "index")
+    bench = BenchmarkJobConfig(
+        encoders=("count", f"tiny={tiny_student_dir}"),
+        benchmark=BenchmarkConfig(ks=(4, 16, "all"), replicates=2, heads=("logistic",), n_bootstrap=20),
+    )
+    tasks = resolve_tasks(["new_hypertension", "new_hyperlipidemia"])
+    report = benchmark_dataset(dataset, tasks, home / "runs" / "report", bench).report.parent
     build_knowledge_base(guidelines, RetrievalModelConfig.minilm(tiny_student_dir)).save(home / "kb")
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
@@ -88,6 +98,7 @@ def _serve(
             record_artifact(session, "model", "tinyteacher", tiny_teacher_dir, {}, "demo")
         record_artifact(session, "embeddings", "tiny-emb", home / "emb", encoder.spec.to_dict(), "demo")
         record_artifact(session, "index", "demo-index", home / "index", {}, "demo")
+        record_report(session, report, "demo")
         for scope in ("read", "write", "admin"):
             keys[scope] = create_api_key(session, f"test-{scope}", scope)[1]
     engine.dispose()

@@ -71,12 +71,12 @@ def test_sign_in_open_a_patient_and_filter_its_neighbours(live: str, served: Ser
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.goto(f"{live}/ui/")
         expect(page.locator("#sign-in-view")).to_be_visible()
-        expect(page.locator("#patient-view")).to_be_hidden()  # no key: only the sign-in page
+        expect(page.locator("#app-view")).to_be_hidden()  # no key: only the sign-in page
 
         page.fill("#api-key", "ehr_not_a_key")
         page.click("#sign-in button")
         expect(page.locator("#sign-in-error")).to_contain_text("invalid or revoked API key")
-        expect(page.locator("#patient-view")).to_be_hidden()
+        expect(page.locator("#app-view")).to_be_hidden()
 
         page.fill("#api-key", served.keys["read"])
         page.click("#sign-in button")
@@ -131,3 +131,59 @@ def test_sign_in_open_a_patient_and_filter_its_neighbours(live: str, served: Ser
         browser.close()
     expected = ("401", "403", "404")  # the wrong key, the read key fitting a head, the unknown subject
     assert not [e for e in errors if not any(code in e for code in expected)], errors
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_dataset_report_and_export_pages(live: str, served: Served, tmp_path: Path) -> None:
+    import polars as pl
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"{live}/ui/")
+        page.fill("#api-key", served.keys["read"])
+        page.click("#sign-in button")
+        expect(page.locator("#who")).to_contain_text("read key")
+
+        page.click("button.tab[data-page=dataset-page]")
+        expect(page.locator("#patient-page")).to_be_hidden()
+        summary = page.locator("#dataset-summary")
+        expect(summary).to_contain_text("Events with a description")
+        expect(summary.locator("dd").first).to_have_text("120")
+        expect(page.locator("#coverage-table tbody tr").first).to_be_visible()
+        expect(page.locator("#built-table tbody")).to_contain_text("tiny-emb")
+        expect(page.locator("#built-table tbody")).to_contain_text("demo-index")
+        if SHOTS:
+            page.screenshot(path=str(Path(SHOTS) / "console-dataset.png"))
+
+        page.click("button.tab[data-page=report-page]")
+        expect(page.locator("#report-name")).to_contain_text("Few-shot benchmark on ehrembed-synthetic")
+        expect(page.locator("#report-plot svg polyline.series")).to_have_count(2)  # count and tiny
+        expect(page.locator("#report-table tbody tr")).to_have_count(2)
+        expect(page.locator("#report-table thead")).to_contain_text("k=all")
+        expect(page.locator("#report-wtl tbody tr")).to_have_count(1)  # tiny against count
+        if SHOTS:
+            page.locator("#report-page").screenshot(path=str(Path(SHOTS) / "console-report.png"))
+
+        page.click("button.tab[data-page=export-page]")
+        expect(page.locator("#export-set option")).to_have_count(1)
+        page.fill("#export-limit", "50")
+        with page.expect_download() as first:
+            page.click("#export-form button[type=submit]")
+        expect(page.locator("#export-status")).to_contain_text("rows 1–50 of 120")
+        saved = tmp_path / first.value.suggested_filename
+        first.value.save_as(saved)
+        assert saved.name == "demo-tiny-emb.parquet"
+        frame = pl.read_parquet(saved)
+        assert frame.height == 50
+        with page.expect_download() as second:
+            page.click("#export-next")
+        expect(page.locator("#export-status")).to_contain_text("rows 51–100 of 120")
+        second.value.save_as(tmp_path / "second.parquet")
+        later = pl.read_parquet(tmp_path / "second.parquet")
+        assert later.height == 50 and set(later["subject_id"]).isdisjoint(frame["subject_id"])
+        browser.close()
+    assert not errors, errors

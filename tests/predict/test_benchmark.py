@@ -14,6 +14,7 @@ from ehrembed.cli import app
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.synth import SynthConfig, generate_cohort
 from ehrembed.encoders.job import embed_dataset
+from ehrembed.errors import InputError
 from ehrembed.predict.benchmark import BenchmarkConfig, run_benchmark
 from ehrembed.predict.features import count_features, embedding_features
 from ehrembed.predict.job import (
@@ -27,7 +28,10 @@ from ehrembed.predict.job import (
     times_by_subject,
 )
 from ehrembed.predict.report import macro_auroc
+from ehrembed.predict.report_summary import report_summary
 from ehrembed.predict.tasks import TaskError, parse_task, resolve_tasks
+from ehrembed.services.reports import recorded_report, recorded_reports
+from ehrembed.store.db import catalog
 from tests.helpers import HashEncoder
 
 runner = CliRunner()
@@ -194,6 +198,14 @@ def test_cli_benchmark_and_tasks(synth: MedsDataset, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["cells"] > 0 and (out / "report.md").exists()
+    with catalog() as session:  # recorded for the console's report page; read back without a bootstrap CI
+        [recorded] = recorded_reports(session)
+        assert recorded.spec["tasks"] == ["htn"] and Path(recorded.path) == out.resolve()
+        _, numbers = recorded_report(session, recorded.name)
+    assert numbers["ks"] == ["2", "all"] and numbers["encoders"] == ["count"] and numbers["wins_ties_losses"] == []
+    assert all(r["auroc_lo"] is None and 0 <= r["auroc"] <= 1 for r in numbers["macro_auroc"])
+    with pytest.raises(InputError, match="not a benchmark report folder"):
+        report_summary(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\noutcome: {codes: [nope]}\n")
     failed = runner.invoke(app, ["benchmark", str(synth.root), "--tasks", str(bad), "--out", str(tmp_path / "x")])

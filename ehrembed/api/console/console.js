@@ -33,9 +33,29 @@ function el(tag, text, attrs) {
 
 function show(signedIn, who) {
   $("sign-in-view").hidden = signedIn;
-  $("patient-view").hidden = !signedIn;
+  $("app-view").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   $("who").textContent = signedIn ? `${who.name} (${who.scope} key)` : "";
+}
+
+// --- pages -------------------------------------------------------------------------------------------
+
+let currentPage = "patient-page";
+const LOADERS = {}; // page id -> async function that (re)loads it for the chosen dataset
+
+function showPage(id) {
+  currentPage = id;
+  for (const page of document.querySelectorAll(".page")) page.hidden = page.id !== id;
+  for (const tab of document.querySelectorAll(".tab")) {
+    if (tab.dataset.page === id) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+  refreshPage();
+}
+
+function refreshPage() {
+  const load = LOADERS[currentPage];
+  if (load && $("dataset").value) load();
 }
 
 async function signIn(secret) {
@@ -50,6 +70,7 @@ async function signIn(secret) {
     const encoders = await api("/v1/encoders");
     $("encoder").replaceChildren(...encoders.map((name) => el("option", name, { value: name })));
     show(true, who);
+    refreshPage();
   } catch (error) {
     sessionStorage.removeItem(KEY);
     show(false);
@@ -191,7 +212,228 @@ function reportRiskErrors(action) {
   });
 }
 
+// --- dataset page ------------------------------------------------------------------------------------
+
+const percent = (part, whole) => (whole ? `${(100 * part / whole).toFixed(1)}%` : "—");
+
+function rows(tbody, data, cells) {
+  document.querySelector(tbody).replaceChildren(...data.map((item) => {
+    const row = el("tr");
+    row.append(...cells(item).map((text) => el("td", text)));
+    return row;
+  }));
+}
+
+async function datasetDetail() {
+  return api(`/v1/datasets/${encodeURIComponent($("dataset").value)}`);
+}
+
+LOADERS["dataset-page"] = async () => {
+  $("dataset-error").textContent = "";
+  try {
+    const detail = await datasetDetail();
+    const stats = detail.stats;
+    const coverage = stats.description_coverage;
+    const facts = [
+      ["Subjects", detail.subjects.toLocaleString()],
+      ["Events", detail.events.toLocaleString()],
+      ["Distinct codes", stats.codes.toLocaleString()],
+      ["Time range", stats.time_range.map((t) => (t || "?").slice(0, 10)).join(" to ")],
+      ["Splits", Object.entries(stats.splits).map(([name, n]) => `${name} ${n}`).join(", ")],
+      ["Events with a description", `${(100 * coverage.event_coverage).toFixed(1)}%`],
+      ["Codes with a description", `${(100 * coverage.code_coverage).toFixed(1)}%`],
+      ["Similar-patient index", detail.index ? "yes" : "none recorded"],
+    ];
+    $("dataset-summary").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", term), el("dd", value)]));
+    rows("#coverage-table tbody", Object.entries(stats.coverage_by_vocabulary),
+      ([name, c]) => [name, c.events.toLocaleString(), percent(c.events_described, c.events)]);
+    rows("#top-codes tbody", stats.top_codes, (c) => [c.code, c.description || "(no description)", c.events.toLocaleString()]);
+    const built = [
+      ...detail.embeddings.map((a) => ["embeddings", a.name, a.encoder || "", a.created_at.slice(0, 16)]),
+      ...detail.indexes.map((a) => ["index", a.name, a.encoder || "", a.created_at.slice(0, 16)]),
+      ...detail.reports.map((name) => ["report", name, "", ""]),
+    ];
+    rows("#built-table tbody", built, (cells) => cells);
+  } catch (error) {
+    $("dataset-error").textContent = error.message;
+  }
+};
+
+// --- benchmark report page ---------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const PALETTE = ["#0b5cad", "#b35806", "#1b7837", "#762a83", "#a40e26", "#4a5562", "#8c510a", "#01665e"];
+let report = null;
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function plotReport(head) {
+  // Macro AUROC against k (categorical axis, in the report's k order), one line and CI band per encoder.
+  const data = report.macro_auroc.filter((r) => r.head === head && r.auroc !== null);
+  const ks = report.ks;
+  const width = 640, height = 360, left = 56, right = 150, top = 16, bottom = 44;
+  const values = data.flatMap((r) => [r.auroc, r.auroc_lo ?? r.auroc, r.auroc_hi ?? r.auroc]);
+  const low = Math.max(0, Math.floor((Math.min(...values) - 0.02) * 20) / 20);
+  const high = Math.min(1, Math.ceil((Math.max(...values) + 0.02) * 20) / 20);
+  const x = (k) => left + (ks.length === 1 ? 0.5 : ks.indexOf(k) / (ks.length - 1)) * (width - left - right);
+  const y = (v) => top + (1 - (v - low) / (high - low || 1)) * (height - top - bottom);
+  const chart = svg("svg", {
+    viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
+    "aria-label": `Macro AUROC against k for the ${head} head; the table below gives the numbers`,
+  });
+  for (let tick = low; tick <= high + 1e-9; tick += 0.05) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(tick), y2: y(tick), stroke: "#e1e4e8" }));
+    chart.append(svg("text", { x: left - 8, y: y(tick) + 4, "text-anchor": "end", "font-size": 12 }, tick.toFixed(2)));
+  }
+  for (const k of ks) {
+    chart.append(svg("text", { x: x(k), y: height - bottom + 18, "text-anchor": "middle", "font-size": 12 }, k));
+  }
+  chart.append(svg("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle", "font-size": 13 },
+    "k (labelled examples per class)"));
+  chart.append(svg("text", { x: 14, y: (top + height - bottom) / 2, "text-anchor": "middle", "font-size": 13,
+    transform: `rotate(-90 14 ${(top + height - bottom) / 2})` }, "macro AUROC"));
+  report.encoders.forEach((encoder, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    const points = ks.map((k) => data.find((r) => r.encoder === encoder && r.k === k)).filter(Boolean);
+    if (!points.length) return;
+    const banded = points.filter((r) => r.auroc_lo !== null && r.auroc_hi !== null);
+    if (banded.length > 1) {
+      const outline = [...banded.map((r) => `${x(r.k)},${y(r.auroc_hi)}`),
+        ...banded.reverse().map((r) => `${x(r.k)},${y(r.auroc_lo)}`)];
+      chart.append(svg("polygon", { points: outline.join(" "), fill: colour, "fill-opacity": 0.12, stroke: "none" }));
+    }
+    const line = svg("polyline", { points: points.map((r) => `${x(r.k)},${y(r.auroc)}`).join(" "),
+      fill: "none", stroke: colour, "stroke-width": 2, class: "series" });
+    line.append(svg("title", {}, encoder));
+    chart.append(line);
+    for (const r of points) chart.append(svg("circle", { cx: x(r.k), cy: y(r.auroc), r: 3.5, fill: colour }));
+    const legendY = top + 14 + 20 * i;
+    chart.append(svg("line", { x1: width - right + 12, x2: width - right + 32, y1: legendY - 4, y2: legendY - 4,
+      stroke: colour, "stroke-width": 3 }));
+    chart.append(svg("text", { x: width - right + 38, y: legendY, "font-size": 13 }, encoder));
+  });
+  $("report-plot").replaceChildren(chart);
+}
+
+function tableHead(selector, names) {
+  const row = el("tr");
+  row.append(...names.map((name) => el("th", name, { scope: "col" })));
+  document.querySelector(selector).replaceChildren(row);
+}
+
+function reportTables(head) {
+  const ks = report.ks;
+  const value = (r) => (r === undefined || r.auroc === null ? "—" : r.auroc.toFixed(3) +
+    (r.auroc_lo === null ? "" : ` (${r.auroc_lo.toFixed(3)}–${r.auroc_hi.toFixed(3)})`));
+  tableHead("#report-table thead", ["encoder", ...ks.map((k) => `k=${k}`)]);
+  rows("#report-table tbody", report.encoders, (encoder) => [encoder,
+    ...ks.map((k) => value(report.macro_auroc.find((r) => r.head === head && r.encoder === encoder && r.k === k)))]);
+  const tally = report.wins_ties_losses.filter((r) => r.head === head);
+  const versus = [...new Set(tally.map((r) => r.encoder))];
+  tableHead("#report-wtl thead", ["encoder", ...ks.map((k) => `k=${k}`)]);
+  rows("#report-wtl tbody", versus, (encoder) => [encoder, ...ks.map((k) => {
+    const r = tally.find((t) => t.encoder === encoder && t.k === k);
+    return r ? `${r.wins} / ${r.ties} / ${r.losses}` : "—";
+  })]);
+}
+
+function drawReport() {
+  const head = $("report-head").value;
+  if (!report || !head) return;
+  plotReport(head);
+  reportTables(head);
+}
+
+async function openReport() {
+  const name = $("report").value;
+  $("report-error").textContent = "";
+  report = null;
+  if (!name) {
+    $("report-name").textContent = "No benchmark report is recorded for this dataset (run `ehrembed benchmark`).";
+    $("report-plot").replaceChildren();
+    return;
+  }
+  report = await api(`/v1/reports/${encodeURIComponent(name)}`);
+  $("report-name").textContent = `${report.title} (${report.created_at.slice(0, 16)})`;
+  const previous = $("report-head").value;
+  $("report-head").replaceChildren(...report.heads.map((h) => el("option", h, { value: h })));
+  if (report.heads.includes(previous)) $("report-head").value = previous;
+  drawReport();
+}
+
+LOADERS["report-page"] = async () => {
+  try {
+    const reports = await api(`/v1/reports?${query({ dataset: $("dataset").value })}`);
+    $("report").replaceChildren(...reports.map((r) => el("option", `${r.title} — ${r.name}`, { value: r.name })));
+    await openReport();
+  } catch (error) {
+    $("report-error").textContent = error.message;
+  }
+};
+
+// --- export page -------------------------------------------------------------------------------------
+
+LOADERS["export-page"] = async () => {
+  $("export-error").textContent = "";
+  try {
+    const detail = await datasetDetail();
+    $("export-set").replaceChildren(...detail.embeddings.map((a) =>
+      el("option", `${a.name} (${a.encoder || "?"}, ${a.dim || "?"} dims)`, { value: a.name })));
+  } catch (error) {
+    $("export-error").textContent = error.message;
+  }
+};
+
+async function download() {
+  // One page of the set through the audited export route; saved with the name the server gives it.
+  const params = {
+    dataset: $("dataset").value, encoder: $("export-set").value, format: $("export-format").value,
+    offset: $("export-offset").value || 0, limit: $("export-limit").value,
+  };
+  const response = await fetch(`/v1/embeddings/export?${query(params)}`, { headers: { Authorization: "Bearer " + key() } });
+  if (!response.ok) {
+    const answer = await response.json().catch(() => ({}));
+    throw new Error((answer.error && answer.error.message) || response.statusText);
+  }
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const filename = (/filename="([^"]+)"/.exec(disposition) || [])[1] || `embeddings.${params.format}`;
+  const blob = await response.blob();
+  const link = el("a", "", { href: URL.createObjectURL(blob), download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  const offset = Number(params.offset), got = Number(response.headers.get("X-Rows"));
+  const total = Number(response.headers.get("X-Total-Rows"));
+  $("export-status").textContent = `Saved ${filename}: rows ${offset + 1}–${offset + got} of ${total}.`;
+  $("export-next").disabled = offset + got >= total;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => showPage(tab.dataset.page));
+  }
+  $("dataset").addEventListener("change", refreshPage);
+  $("report").addEventListener("change", () => openReport().catch((error) => {
+    $("report-error").textContent = error.message;
+  }));
+  $("report-head").addEventListener("change", drawReport);
+  $("export-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    $("export-error").textContent = "";
+    download().catch((error) => {
+      $("export-error").textContent = error.message;
+    });
+  });
+  $("export-next").addEventListener("click", () => {
+    $("export-offset").value = Number($("export-offset").value || 0) + Number($("export-limit").value);
+    $("export-form").requestSubmit();
+  });
   $("head-form").addEventListener("submit", (event) => {
     event.preventDefault();
     reportRiskErrors(fitHead);
