@@ -193,7 +193,7 @@ def _guideline_kb(config: MainJobConfig, say: Say, progress: Progress | None) ->
         model,
         progress=None if progress is None else (lambda d, t: progress("embedding guideline passages", d, t)),
     )
-    kb.save(target)
+    kb.save(target, onnx_queries=True)
     return target
 
 

@@ -208,7 +208,7 @@ def guidelines_build_cmd(
                 encoder=encoder,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
-        kb.save(target)
+        kb.save(target, onnx_queries=True)
     data = {
         "out": str(target),
         "guidelines": len(kb.guideline_ids),

@@ -196,10 +196,13 @@ class GuidelineAugmenter:
 
     def passages(self, events: Sequence[s.Event], as_of: dt.datetime, vocabulary: Vocabulary) -> list[Passage]:
         """The best passages for the patient at ``as_of``, one per guideline, best first."""
-        terms = self.terms(events, as_of, vocabulary)
-        if not terms:
+        return self.passages_for_terms([t.text for t in self.terms(events, as_of, vocabulary)])
+
+    def passages_for_terms(self, texts: Sequence[str]) -> list[Passage]:
+        """The best passages for these query terms together, one per guideline, best first (none for no terms)."""
+        if not texts:
             return []
-        rankings = self._ranked([t.text for t in terms])
+        rankings = self._ranked(list(texts))
         fused = reciprocal_rank_fusion(rankings, [1.0] * len(rankings), k=self.kb.fusion.k)
         hits: list[Passage] = []
         taken: set[str] = set()

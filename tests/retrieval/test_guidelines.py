@@ -384,3 +384,23 @@ def test_open_medicine_kb_with_minilm_retrieves_the_labelled_guidelines(tmp_path
     assert results["hybrid"]["hit@5"] >= 0.9, results
     hits = loaded.search("eGFR 40 with albuminuria", k=5)
     assert "kdigo_ckd_2024" in {h.guideline_id for h in hits}
+
+
+def test_an_onnx_query_model_saved_with_the_kb_embeds_queries_as_the_model_does(
+    guideline_dir: Path, tiny_student_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ehrembed.encoders.onnx import OnnxStudentEncoder
+
+    built = build_knowledge_base(guideline_dir, RetrievalModelConfig.minilm(tiny_student_dir))
+    folder = built.save(tmp_path / "kb", onnx_queries=True)
+    assert (folder / "query_onnx").is_dir() and json.loads((folder / "kb.json").read_text())["query_onnx"]
+    loaded = GuidelineKB.load(folder)
+    assert isinstance(loaded.query_encoder(), OnnxStudentEncoder)
+    queries = ["eGFR 40 with albuminuria", "afib w RVR", "asthma reliever"]
+    assert np.allclose(loaded.query_vectors(queries), built.query_vectors(queries), atol=1e-4)
+    assert loaded.rank_guidelines("asthma reliever", "dense") == built.rank_guidelines("asthma reliever", "dense")
+    # a model that does not export (here: no folder at all) leaves queries on torch, and the KB is still saved
+    hashed = build_knowledge_base(guideline_dir, RetrievalModelConfig.minilm("/nowhere"), encoder=HashEncoder())
+    saved = hashed.save(tmp_path / "hashed", onnx_queries=True)
+    assert "queries stay on torch" in caplog.text and not (saved / "query_onnx").exists()
+    assert GuidelineKB.load(saved, encoder=HashEncoder()).query_onnx is None
