@@ -7,13 +7,18 @@ store, with a read and a write API key and a logistic head fitted on 200 labelle
 send requests for ``--seconds`` each:
 
 - ``similar``: ``GET /v1/patients/{id}/similar?k=10`` for random stored patients;
-- ``predict``: ``POST /v1/heads/{id}/predict`` for one random stored patient (its record is
-  serialized and embedded on the fly, plus evidence and guideline passages);
+- ``predict``: ``POST /v1/heads/{id}/predict`` for one random stored patient (the first time a worker is
+  asked for a subject its record is read, serialized and looked up in the embedding cache; after that the
+  worker remembers the vector until the data changes), with 3 evidence examples (no guideline knowledge
+  base in this setup);
 - ``export``: ``GET /v1/embeddings/export?format=parquet`` (the whole embedding set).
 
-Reported per endpoint: requests, errors (non-2xx or transport), throughput, and latency p50/p90/p99
-measured at the client. Targets on a 2-core machine: similar p99 ≤ 50 ms and ≥ 200 requests/s,
-zero errors. Run ``.venv/bin/python bench/api.py``; figures go to bench/results/api.json.
+Each runs closed loop (clients back to back: the throughput), then similar and predict run open loop at
+``--rate`` requests/s (default 100: the latency below saturation). Reported per run: requests, errors
+(non-2xx or transport), throughput, latency p50/p90/p99 measured at the client, and the share of the
+machine's CPU the load generator itself used. Targets on a 2-core machine: similar p99 ≤ 50 ms and ≥ 200
+requests/s, zero errors. Run ``.venv/bin/python bench/api.py [--workers 2]``; figures go to
+bench/results/api.json.
 """
 
 from __future__ import annotations
@@ -108,17 +113,30 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
     return {f"p{q}_ms": round(float(np.percentile(arr, q)), 2) for q in (50, 90, 99)}
 
 
-def load(base: str, key: str, make_request: Any, clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads each sending requests back to back for ``seconds``."""
+def load(
+    base: str, key: str, make_request: Any, clients: int, seconds: float, rate: float | None = None
+) -> dict[str, Any]:
+    """``clients`` threads sending requests for ``seconds``: back to back (closed loop, the throughput), or
+    with ``rate`` at that many requests per second in all (open loop: each client keeps its own schedule,
+    so a slow answer delays that client's next request but not the others'). Also the share of the
+    machine's CPU this load generator used (it runs beside the server)."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
+    interval = clients / rate if rate else 0.0
+    cpu_started = time.process_time()
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
+        next_send = time.perf_counter() + interval * seed / clients
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30.0) as client:
             while time.perf_counter() < deadline:
+                if interval:
+                    pause = next_send - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    next_send += interval
                 started = time.perf_counter()
                 try:
                     response = make_request(client, rng)
@@ -141,6 +159,8 @@ def load(base: str, key: str, make_request: Any, clients: int, seconds: float) -
     wall = time.perf_counter() - wall
     return {
         "clients": clients,
+        "target_rate": rate,
+        "load_generator_cpu_share": round((time.process_time() - cpu_started) / wall / (os.cpu_count() or 1), 3),
         "requests": len(latencies),
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:3],
@@ -155,6 +175,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s of the steady-rate runs")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ehrembed-bench-api-"))
     setup = prepare(home, args.patients)
@@ -184,6 +205,11 @@ def main() -> None:
             load(base, key, request, 2, 2.0)  # warm up caches and the threadpool
             results[name] = load(base, key, request, args.clients, args.seconds)
             print(name, results[name], flush=True)
+        for name in ("similar", "predict"):  # latency at a steady rate, below saturation
+            results[f"{name}_at_{args.rate:g}_rps"] = load(
+                base, key, scenarios[name], args.clients, args.seconds, args.rate
+            )
+            print(name, "at", args.rate, results[f"{name}_at_{args.rate:g}_rps"], flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -14,9 +14,10 @@ whose dataset folder changed since it loaded it reloads the vocabulary and searc
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
-from ehrembed.predict.fitted import CARD_FILE, FittedHead, load_fitted
+from ehrembed.encoders.job import AsOf
+from ehrembed.predict.fitted import CARD_FILE, FittedHead, embed_for_head, load_fitted
 from ehrembed.predict.ontology import Ontology
+from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients
 from ehrembed.settings import Settings
@@ -44,7 +47,10 @@ from ehrembed.store.repository import current_artifact, get_artifact, list_artif
 from ehrembed.store.tables import ArtifactKind
 
 if TYPE_CHECKING:
-    from ehrembed.retrieval.guidelines import GuidelineKB
+    from ehrembed.retrieval.guidelines import GuidelineKB, Passage
+
+_MEMO_SIZE = 20_000
+"""Per-subject results a dataset keeps (about 30 MB of 384-dimensional vectors at most)."""
 
 
 class RWLock:
@@ -91,6 +97,36 @@ class RWLock:
                 self._cond.notify_all()
 
 
+class _Memo:
+    """A thread-safe LRU of per-subject results (head vectors, guideline passages) for one load of a dataset."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass
 class DatasetHandle:
     """A registered dataset as served: its folder, vocabulary, similar-patient search and lock."""
@@ -107,6 +143,42 @@ class DatasetHandle:
     """Built on first use by a ``count+`` head after each (re)load (:meth:`count_ontology`)."""
     stats: dict[str, Any] | None = None
     """The dataset's summary (:func:`ehrembed.ehr.stats.dataset_stats`), made on first ask after each (re)load."""
+    memo: _Memo = field(default_factory=lambda: _Memo(_MEMO_SIZE))
+    """Per-subject results while the data is unchanged: emptied by every (re)load."""
+
+    def head_vectors(
+        self, fitted: FittedHead, encoder: Encoder, subject_ids: Sequence[int], as_of: AsOf, cache_dir: Path
+    ) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
+        """:func:`embed_for_head` for stored subjects at one as-of (or each one's latest), remembered per (head,
+        subject, as-of) until the data changes: a subject asked again costs a dictionary lookup, not a read,
+        a serialization and a cache lookup. Labelled examples (an as-of per subject) are not remembered."""
+        if isinstance(as_of, Mapping):
+            return embed_for_head(
+                fitted, encoder, self.dataset, subject_ids=list(subject_ids), as_of=as_of,
+                vocabulary=self.vocabulary, cache_dir=cache_dir,
+            )  # fmt: skip
+        keys = [("vector", fitted.head_id, sid, as_of) for sid in subject_ids]
+        found = {sid: self.memo.get(key) for sid, key in zip(subject_ids, keys, strict=True)}
+        missing = [sid for sid, hit in found.items() if hit is None]
+        if missing:
+            vectors, subjects, times = embed_for_head(
+                fitted, encoder, self.dataset, subject_ids=missing, as_of=as_of,
+                vocabulary=self.vocabulary, cache_dir=cache_dir,
+            )  # fmt: skip
+            for vector, sid, when in zip(vectors, subjects, times, strict=True):
+                found[sid] = (vector, when)  # type: ignore[index]
+                self.memo.put(("vector", fitted.head_id, sid, as_of), (vector, when))
+        rows = [found[sid] for sid in subject_ids]
+        return np.stack([v for v, _ in rows]), list(subject_ids), [when for _, when in rows]
+
+    def guideline_passages(self, augmenter: GuidelineAugmenter, subject_id: int, when: dt.datetime) -> list[Passage]:
+        """The guideline passages augmentation finds for a subject at a time, remembered until the data changes."""
+        key = ("guidelines", augmenter.version, subject_id, when)
+        passages = self.memo.get(key)
+        if passages is None:
+            passages = relevant_guidelines(self.dataset.patient(subject_id), when, self.vocabulary, augmenter)
+            self.memo.put(key, passages)
+        return list(passages)
 
     def summary(self) -> dict[str, Any]:
         """Sizes, splits and description coverage, computed once per load (it scans every event)."""
@@ -149,6 +221,7 @@ class ServiceState:
         self.datasets: dict[str, DatasetHandle] = {}
         self.heads: OrderedDict[str, FittedHead] = OrderedDict()  # least recently used first
         self.kb: GuidelineKB | None = None
+        self.augmenter: GuidelineAugmenter | None = None
         self.ready = False
         self._lock = threading.Lock()
 
@@ -252,6 +325,7 @@ class ServiceState:
             handle.vocabulary = Vocabulary.from_dataset(handle.dataset)
             handle.ontology = None
             handle.stats = None
+            handle.memo.clear()
             if handle.index_path is not None:
                 handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
             handle.generation = generation
@@ -331,6 +405,7 @@ class ServiceState:
         folder = self.settings.guidelines_kb or default_kb_dir()
         if (Path(folder) / "kb.json").is_file():
             self.kb = GuidelineKB.load(folder)
+            self.augmenter = GuidelineAugmenter(kb=self.kb)  # one, so its per-term rankings serve every request
 
 
 def _generation(dataset: MedsDataset) -> int:

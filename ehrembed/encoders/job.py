@@ -132,8 +132,9 @@ def record_serializer(encoder: Encoder, vocabulary: Vocabulary, config: EmbedCon
     return Serializer(vocabulary, serializer_config, EncoderTokenCounter(encoder), appendix=appendix)
 
 
-def default_cache_dir(encoder: Encoder) -> Path:
-    return get_settings().home / "cache" / "embeddings" / encoder.spec.fingerprint()
+def default_cache_dir(encoder: Encoder, home: Path | None = None) -> Path:
+    """The encoder's embedding cache under the data home (``home``, else the settings')."""
+    return (home or get_settings().home) / "cache" / "embeddings" / encoder.spec.fingerprint()
 
 
 def embed_dataset(
@@ -171,14 +172,16 @@ def embed_records(
     subject_ids: Sequence[int] | None = None,
     as_of: AsOf = None,
     progress: Callable[[int, int], None] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> tuple[EmbeddingSet, EmbedReport]:
-    """:func:`embed_dataset` without the file: the embedding set in memory (cached vectors are reused)."""
+    """:func:`embed_dataset` without the file: the embedding set in memory (cached vectors are reused).
+    ``vocabulary``: the dataset's, when the caller holds it already."""
     config = config or EmbedConfig()
     if subject_ids is None and isinstance(as_of, Mapping):
         subject_ids = sorted(as_of)
     started = time.perf_counter()
     report = EmbedReport(out=Path())
-    vocabulary = Vocabulary.from_dataset(dataset)
+    vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
     serializer = record_serializer(encoder, vocabulary, config)
     cache = EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
     fingerprint = encoder.spec.fingerprint()

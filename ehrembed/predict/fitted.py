@@ -15,6 +15,7 @@ stored subjects only, since counts need the patient's events.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -28,6 +29,7 @@ import scipy.sparse as sp
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
+from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.encoders.job import AsOf, EmbedConfig, embed_records
@@ -255,18 +257,25 @@ def embed_for_head(
     subject_ids: list[int] | None = None,
     as_of: AsOf = None,
     records: list[str] | None = None,
+    vocabulary: Vocabulary | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
     """Vectors the head can score, made the way its training examples were (same encoder and instruction):
-    stored subjects' records as of ``as_of`` (default each one's latest), or inline record texts."""
+    stored subjects' records as of ``as_of`` (default each one's latest), or inline record texts.
+
+    A long-lived caller passes the dataset's ``vocabulary`` and the embedding ``cache_dir`` it already has,
+    so neither is rebuilt per call."""
     if encoder.spec.fingerprint() != fitted.spec.fingerprint():
         raise HeadError(f"head {fitted.head_id} was fitted on encoder {fitted.spec.name}, not {encoder.spec.name}")
-    config = EmbedConfig.replaying(fitted.card)
+    config = dataclasses.replace(EmbedConfig.replaying(fitted.card), cache_dir=cache_dir)
     if records is not None:
         vectors = encoder.encode(records, instruction=config.instruction_for(encoder))
         return vectors, [None] * len(records), [None] * len(records)
     if dataset is None or subject_ids is None:
         raise HeadError("give subject ids with their dataset, or inline records")
-    embeddings, report = embed_records(dataset, encoder, config, subject_ids=subject_ids, as_of=as_of)
+    embeddings, report = embed_records(
+        dataset, encoder, config, subject_ids=subject_ids, as_of=as_of, vocabulary=vocabulary
+    )
     if report.skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
         raise HeadError(f"some subjects have no record to score ({reasons})")

@@ -534,3 +534,38 @@ def test_openapi_documents_every_route(served: Served) -> None:
     )  # fmt: skip
     assert set(expected) <= paths, set(expected) - paths
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_predictions_remember_subjects_until_their_data_changes(served: Served) -> None:
+    c = served.client
+    ids, examples = _head_examples(served)
+    fitted = c.post(
+        "/v1/heads",
+        json={"dataset": "demo", "examples": examples, "head": "logistic", "encoder": "tiny"},
+        headers=served.headers("write"),
+    ).json()
+    handle = served.client.app.state.service.dataset("demo")  # type: ignore[attr-defined]
+    new_id = 777_000_101
+    events = [
+        {"subject_id": new_id, "time": None, "code": "Gender/M"},
+        {"subject_id": new_id, "time": "1950-01-01T00:00:00", "code": "MEDS_BIRTH"},
+        {"subject_id": new_id, "time": "2021-03-01T09:00:00", "code": "ICD10CM/I10"},
+    ]
+    assert c.post("/v1/datasets/demo/patients", json={"events": events}, headers=served.headers("write")).is_success
+
+    def risk() -> float:
+        body = {"subject_ids": [new_id, ids[90]], "evidence": 1, "guidelines": 1}
+        res = c.post(f"/v1/heads/{fitted['head_id']}/predict", json=body, headers=served.headers())
+        assert res.status_code == 200, res.text
+        first = res.json()["predictions"][0]
+        assert first["subject_id"] == new_id and len(first["guidelines"]) == 1
+        return float(first["probability"])
+
+    before = risk()
+    key = ("vector", fitted["head_id"], new_id, None)
+    assert handle.memo.get(key) is not None  # remembered: asked again, it is not read, serialized or looked up
+    assert risk() == before
+    changed = [*events[:2], {**events[2], "code": "ICD10CM/E11.9"}, {**events[2], "code": "ICD10CM/N18.3"}]
+    assert c.post("/v1/datasets/demo/patients", json={"events": changed}, headers=served.headers("write")).is_success
+    assert handle.memo.get(key) is None  # the upsert reloaded the dataset and forgot what it remembered
+    assert risk() != before  # the new record, embedded again

@@ -19,10 +19,9 @@ from ehrembed.api.schemas import (
     PredictionOut,
     PredictOut,
 )
-from ehrembed.encoders.job import AsOf
+from ehrembed.encoders.job import AsOf, default_cache_dir
 from ehrembed.predict.features import FUSION_PREFIX
 from ehrembed.predict.fitted import FittedHead, embed_for_head
-from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.schema import Label
 from ehrembed.services.heads import fit_recorded_head, task_examples
 
@@ -101,7 +100,7 @@ def predict(
     encoder = state.encoder_for(fitted.spec)
     if encoder is None:
         raise ApiError(409, f"the encoder of head {head_id} ({fitted.spec.name}) is not available here", "head_id")
-    augmenter = GuidelineAugmenter(kb=state.kb) if state.kb is not None and body.guidelines else None
+    augmenter = state.augmenter if body.guidelines else None
     passages: list[list[PassageOut]] = []
     if body.records is not None:
         if fitted.fusion is not None:
@@ -125,14 +124,15 @@ def predict(
                 for example in body.examples:
                     wanted.setdefault(example.subject_id, []).append(example.prediction_time)
                 as_of = wanted
-            vectors, subjects, times = embed_for_head(fitted, encoder, handle.dataset, subject_ids=asked, as_of=as_of)
+            vectors, subjects, times = handle.head_vectors(
+                fitted, encoder, asked, as_of, default_cache_dir(encoder, state.settings.home)
+            )
             ontology = handle.count_ontology() if fitted.fusion is not None else None
             features = fitted.features(vectors, handle.dataset, subjects, times, ontology)
             for sid, when in zip(subjects, times, strict=True):
                 hits = []
                 if augmenter is not None and sid is not None and when is not None:
-                    patient = handle.dataset.patient(sid)
-                    hits = relevant_guidelines(patient, when, handle.vocabulary, augmenter)[: body.guidelines]
+                    hits = handle.guideline_passages(augmenter, sid, when)[: body.guidelines]
                 passages.append([PassageOut(**h.as_dict()) for h in hits])
     probabilities, evidence = fitted.predict(
         vectors, evidence=0 if body.format == "meds" else body.evidence, features=features
