@@ -11,6 +11,8 @@ send requests for ``--seconds`` each:
   asked for a subject its record is read, serialized and looked up in the embedding cache; after that the
   worker remembers the vector until the data changes), with 3 evidence examples (no guideline knowledge
   base in this setup);
+- ``predict_inline_record``: the same head on an inline record text (a stored patient's Markdown, sent as
+  text): embedded on every request, what a new patient costs;
 - ``export``: ``GET /v1/embeddings/export?format=parquet`` (the whole embedding set).
 
 Each runs closed loop (clients back to back: the throughput), then similar and predict run open loop at
@@ -94,6 +96,14 @@ def prepare(home: Path, patients: int) -> dict[str, Any]:
         for i, sid in enumerate(ids[:200])
     ]
     fitted = fit_head(dataset, encoder, examples, "logistic", home / "heads", dataset_name="bench")
+    from ehrembed.ehr.vocabulary import Vocabulary
+    from ehrembed.encoders.job import record_serializer
+
+    serializer = record_serializer(encoder, Vocabulary.from_dataset(dataset), EmbedConfig(instruction=None))
+    records = [  # sent inline: embedded on every request
+        serializer.serialize(p, as_of=max(e.time for e in p.events if e.time is not None))
+        for p in dataset.iter_patients(ids[-50:])
+    ]
     engine = make_engine()
     create_all(engine)
     with session_scope(engine) as session:
@@ -103,7 +113,13 @@ def prepare(home: Path, patients: int) -> dict[str, Any]:
         record_artifact(session, "head", fitted.head_id, home / "heads" / fitted.head_id, fitted.card, "bench")
         read_key = create_api_key(session, "bench-read", "read")[1]
     engine.dispose()
-    return {"ids": ids, "head": fitted.head_id, "key": read_key, "setup_seconds": time.perf_counter() - started}
+    return {
+        "ids": ids,
+        "head": fitted.head_id,
+        "key": read_key,
+        "records": records,
+        "setup_seconds": time.perf_counter() - started,
+    }
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -196,6 +212,9 @@ def main() -> None:
                 f"/v1/patients/{r.choice(ids)}/similar", params={"dataset": "bench", "k": 10}
             ),
             "predict": lambda c, r: c.post(f"/v1/heads/{head}/predict", json={"subject_ids": [r.choice(ids)]}),
+            "predict_inline_record": lambda c, r: c.post(
+                f"/v1/heads/{head}/predict", json={"records": [r.choice(setup["records"])], "guidelines": 0}
+            ),
             "export": lambda c, r: c.get(
                 "/v1/embeddings/export", params={"dataset": "bench", "encoder": "minilm", "format": "parquet"}
             ),

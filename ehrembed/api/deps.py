@@ -123,7 +123,7 @@ def audit_write(request: Request, state: ServiceState, dataset: str, subject_ids
 
 def require_subjects(handle: DatasetHandle, subject_ids: Iterable[int], field: str) -> None:
     """404 naming ``field`` unless every subject is in the dataset."""
-    known = set(handle.dataset.splits().get_column("subject_id").to_list())
+    known = handle.subject_set()
     unknown = [int(i) for i in subject_ids if int(i) not in known]
     if unknown:
         raise ApiError(404, f"subject {unknown[0]} is not in dataset {handle.name}", field)

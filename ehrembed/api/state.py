@@ -33,7 +33,8 @@ from ehrembed.ehr.stats import dataset_stats
 from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
-from ehrembed.encoders.job import AsOf
+from ehrembed.encoders.cache import EmbeddingCache
+from ehrembed.encoders.job import AsOf, default_cache_dir
 from ehrembed.predict.fitted import CARD_FILE, FittedHead, embed_for_head, load_fitted
 from ehrembed.predict.ontology import Ontology
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
@@ -146,8 +147,16 @@ class DatasetHandle:
     memo: _Memo = field(default_factory=lambda: _Memo(_MEMO_SIZE))
     """Per-subject results while the data is unchanged: emptied by every (re)load."""
 
+    subjects: frozenset[int] | None = None
+    """The dataset's subject ids, read on first ask after each (re)load."""
+
+    def subject_set(self) -> frozenset[int]:
+        if self.subjects is None:
+            self.subjects = frozenset(self.dataset.splits().get_column(s.SUBJECT_ID).to_list())
+        return self.subjects
+
     def head_vectors(
-        self, fitted: FittedHead, encoder: Encoder, subject_ids: Sequence[int], as_of: AsOf, cache_dir: Path
+        self, fitted: FittedHead, encoder: Encoder, subject_ids: Sequence[int], as_of: AsOf, cache: EmbeddingCache
     ) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
         """:func:`embed_for_head` for stored subjects at one as-of (or each one's latest), remembered per (head,
         subject, as-of) until the data changes: a subject asked again costs a dictionary lookup, not a read,
@@ -155,7 +164,7 @@ class DatasetHandle:
         if isinstance(as_of, Mapping):
             return embed_for_head(
                 fitted, encoder, self.dataset, subject_ids=list(subject_ids), as_of=as_of,
-                vocabulary=self.vocabulary, cache_dir=cache_dir,
+                vocabulary=self.vocabulary, cache=cache,
             )  # fmt: skip
         keys = [("vector", fitted.head_id, sid, as_of) for sid in subject_ids]
         found = {sid: self.memo.get(key) for sid, key in zip(subject_ids, keys, strict=True)}
@@ -163,7 +172,7 @@ class DatasetHandle:
         if missing:
             vectors, subjects, times = embed_for_head(
                 fitted, encoder, self.dataset, subject_ids=missing, as_of=as_of,
-                vocabulary=self.vocabulary, cache_dir=cache_dir,
+                vocabulary=self.vocabulary, cache=cache,
             )  # fmt: skip
             for vector, sid, when in zip(vectors, subjects, times, strict=True):
                 found[sid] = (vector, when)  # type: ignore[index]
@@ -222,6 +231,7 @@ class ServiceState:
         self.heads: OrderedDict[str, FittedHead] = OrderedDict()  # least recently used first
         self.kb: GuidelineKB | None = None
         self.augmenter: GuidelineAugmenter | None = None
+        self._caches: dict[Path, EmbeddingCache] = {}
         self.ready = False
         self._lock = threading.Lock()
 
@@ -326,6 +336,7 @@ class ServiceState:
             handle.ontology = None
             handle.stats = None
             handle.memo.clear()
+            handle.subjects = None
             if handle.index_path is not None:
                 handle.similar = self._similar(handle.dataset, handle.vocabulary, handle.index_path)
             handle.generation = generation
@@ -395,6 +406,18 @@ class ServiceState:
             while len(self.heads) > self.settings.api_max_heads:
                 self.heads.popitem(last=False)
         return fitted
+
+    def embedding_cache(self, encoder: Encoder) -> EmbeddingCache:
+        """The encoder's embedding cache under the data home, opened once and shared by the requests.
+
+        Shards another process writes later are not seen by this instance: their records miss, are
+        encoded again and stored in a shard of ours (slower once, never wrong)."""
+        root = default_cache_dir(encoder, self.settings.home)
+        with self._lock:
+            cache = self._caches.get(root)
+            if cache is None:
+                cache = self._caches[root] = EmbeddingCache(root, encoder.spec.dim)
+            return cache
 
     def heads_dir(self) -> Path:
         return self.settings.home / "heads"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ class EmbeddingCache:
         self._index: dict[bytes, tuple[int, int]] = {}  # key -> (shard number, row)
         self._shards: list[Path] = []
         self._loaded: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # one instance may serve a server's threads
         self._scan()
 
     def _scan(self) -> None:
@@ -70,7 +72,7 @@ class EmbeddingCache:
 
     def _vectors(self, number: int) -> np.ndarray:
         if number not in self._loaded:
-            with np.load(self._shards[number]) as data:
+            with self._lock, np.load(self._shards[number]) as data:
                 self._loaded[number] = data["vectors"].astype(np.float32)
         return self._loaded[number]
 
@@ -93,11 +95,12 @@ class EmbeddingCache:
         # raw uint8 rows: numpy's fixed-size bytes type would strip trailing zero bytes
         key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), KEY_BYTES)
         np.savez(buffer, keys=key_array, vectors=np.asarray(vectors, dtype=np.float32))
-        path = self.root / f"shard-{len(self._shards):06d}-{uuid.uuid4().hex[:8]}.npz"
-        atomic_write_bytes(path, buffer.getvalue())
-        number = len(self._shards)
-        self._shards.append(path)
-        self._loaded[number] = np.asarray(vectors, dtype=np.float32)
-        for row, key in enumerate(keys):
-            self._index.setdefault(key, (number, row))
+        with self._lock:
+            path = self.root / f"shard-{len(self._shards):06d}-{uuid.uuid4().hex[:8]}.npz"
+            atomic_write_bytes(path, buffer.getvalue())
+            number = len(self._shards)
+            self._shards.append(path)
+            self._loaded[number] = np.asarray(vectors, dtype=np.float32)
+            for row, key in enumerate(keys):
+                self._index.setdefault(key, (number, row))
         return path

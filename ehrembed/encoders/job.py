@@ -173,9 +173,11 @@ def embed_records(
     as_of: AsOf = None,
     progress: Callable[[int, int], None] | None = None,
     vocabulary: Vocabulary | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> tuple[EmbeddingSet, EmbedReport]:
     """:func:`embed_dataset` without the file: the embedding set in memory (cached vectors are reused).
-    ``vocabulary``: the dataset's, when the caller holds it already."""
+    ``vocabulary`` and ``cache``: the dataset's vocabulary and the encoder's embedding cache, when a
+    long-lived caller holds them already (the cache then must be the one ``config.cache_dir`` names)."""
     config = config or EmbedConfig()
     if subject_ids is None and isinstance(as_of, Mapping):
         subject_ids = sorted(as_of)
@@ -183,7 +185,7 @@ def embed_records(
     report = EmbedReport(out=Path())
     vocabulary = vocabulary or Vocabulary.from_dataset(dataset)
     serializer = record_serializer(encoder, vocabulary, config)
-    cache = EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
+    cache = cache or EmbeddingCache(config.cache_dir or default_cache_dir(encoder), encoder.spec.dim)
     fingerprint = encoder.spec.fingerprint()
     instruction = config.instruction_for(encoder)
     wanted = list(subject_ids) if subject_ids is not None else dataset.subject_ids()

@@ -31,6 +31,7 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
+from ehrembed.encoders.cache import EmbeddingCache
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.encoders.job import AsOf, EmbedConfig, embed_records
 from ehrembed.fsutil import atomic_dir, atomic_write_text, restore_interrupted
@@ -258,23 +259,25 @@ def embed_for_head(
     as_of: AsOf = None,
     records: list[str] | None = None,
     vocabulary: Vocabulary | None = None,
-    cache_dir: Path | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> tuple[np.ndarray, list[int | None], list[dt.datetime | None]]:
     """Vectors the head can score, made the way its training examples were (same encoder and instruction):
     stored subjects' records as of ``as_of`` (default each one's latest), or inline record texts.
 
-    A long-lived caller passes the dataset's ``vocabulary`` and the embedding ``cache_dir`` it already has,
-    so neither is rebuilt per call."""
+    A long-lived caller passes the dataset's ``vocabulary`` and the encoder's embedding ``cache`` it already
+    holds, so neither is rebuilt per call."""
     if encoder.spec.fingerprint() != fitted.spec.fingerprint():
         raise HeadError(f"head {fitted.head_id} was fitted on encoder {fitted.spec.name}, not {encoder.spec.name}")
-    config = dataclasses.replace(EmbedConfig.replaying(fitted.card), cache_dir=cache_dir)
+    config = EmbedConfig.replaying(fitted.card)
+    if cache is not None:
+        config = dataclasses.replace(config, cache_dir=cache.root)
     if records is not None:
         vectors = encoder.encode(records, instruction=config.instruction_for(encoder))
         return vectors, [None] * len(records), [None] * len(records)
     if dataset is None or subject_ids is None:
         raise HeadError("give subject ids with their dataset, or inline records")
     embeddings, report = embed_records(
-        dataset, encoder, config, subject_ids=subject_ids, as_of=as_of, vocabulary=vocabulary
+        dataset, encoder, config, subject_ids=subject_ids, as_of=as_of, vocabulary=vocabulary, cache=cache
     )
     if report.skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())

@@ -19,7 +19,7 @@ from ehrembed.api.schemas import (
     PredictionOut,
     PredictOut,
 )
-from ehrembed.encoders.job import AsOf, default_cache_dir
+from ehrembed.encoders.job import AsOf
 from ehrembed.predict.features import FUSION_PREFIX
 from ehrembed.predict.fitted import FittedHead, embed_for_head
 from ehrembed.schema import Label
@@ -125,7 +125,7 @@ def predict(
                     wanted.setdefault(example.subject_id, []).append(example.prediction_time)
                 as_of = wanted
             vectors, subjects, times = handle.head_vectors(
-                fitted, encoder, asked, as_of, default_cache_dir(encoder, state.settings.home)
+                fitted, encoder, asked, as_of, state.embedding_cache(encoder)
             )
             ontology = handle.count_ontology() if fitted.fusion is not None else None
             features = fitted.features(vectors, handle.dataset, subjects, times, ontology)
