@@ -240,7 +240,9 @@ class ServiceState:
     def load(self) -> None:
         """Load encoders, datasets (with their newest index) and the guideline knowledge base."""
         for name in self.settings.api_encoders:
-            self.encoder(name)
+            encoder = self.encoder(name)
+            # a student that knows its spec loads its model lazily; a server loads it now, not on a request
+            getattr(getattr(encoder, "inner", encoder), "model", None)
         with self.session() as session:
             datasets = [(d.name, d.path) for d in list_datasets(session)]
         for name, path in datasets:

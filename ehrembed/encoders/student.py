@@ -14,12 +14,14 @@ place of the prompt's own task text — ``Instruct: {instruction}\nQuery:`` (Qwe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ from ehrembed.encoders.base import (
     Progress,
     encode_by_length,
 )
+from ehrembed.fsutil import atomic_write_text
+from ehrembed.settings import get_settings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -195,22 +199,59 @@ class StudentEncoder:
     end was cut off.
     """
 
-    def __init__(self, model: SentenceTransformer, spec: EncoderSpec) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: SentenceTransformer | None,
+        spec: EncoderSpec,
+        *,
+        loader: Callable[[], SentenceTransformer] | None = None,
+        tokenizer_file: Path | None = None,
+        special_tokens: int | None = None,
+    ) -> None:
+        """An encoder over a loaded ``model``, or (``model=None``) one that loads it with ``loader`` on first
+        use and counts tokens with the folder's ``tokenizer_file`` meanwhile (see :meth:`from_folder`)."""
+        if model is None and (loader is None or tokenizer_file is None or special_tokens is None):
+            raise EncoderError("a student without its model needs a loader, a tokenizer file and its special tokens")
+        self._model = model
+        self._loader = loader
+        self._load_lock = threading.Lock()
         self.spec = spec
         self.truncated = 0
-        tokenizer = model.tokenizer
-        self._n_special = int(tokenizer.num_special_tokens_to_add(pair=False)) if tokenizer is not None else 0
-        # a private copy of the fast tokenizer's backend, without the truncation/padding state that
-        # transformers leaves on the shared one
-        backend = getattr(tokenizer, "backend_tokenizer", None)
         self._counter: Any = None
-        if backend is not None:
+        if model is None:
             from tokenizers import Tokenizer
 
-            self._counter = Tokenizer.from_str(backend.to_str())
+            assert tokenizer_file is not None and special_tokens is not None
+            self._counter = Tokenizer.from_file(str(tokenizer_file))
+            self._n_special = special_tokens
+        else:
+            tokenizer = model.tokenizer
+            self._n_special = int(tokenizer.num_special_tokens_to_add(pair=False)) if tokenizer is not None else 0
+            # a private copy of the fast tokenizer's backend, without the truncation/padding state that
+            # transformers leaves on the shared one
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                from tokenizers import Tokenizer
+
+                self._counter = Tokenizer.from_str(backend.to_str())
+        if self._counter is not None:
             self._counter.no_truncation()
             self._counter.no_padding()
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The sentence-transformers model, loaded on first use when the encoder was built without it."""
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    assert self._loader is not None
+                    self._model = self._loader()
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (a re-run whose records are all cached never loads it)."""
+        return self._model is not None
 
     @classmethod
     def from_folder(
@@ -228,35 +269,38 @@ class StudentEncoder:
         ``normalize=True`` whatever ``normalize`` asks.
         """
         folder = Path(path) if path is not None else default_student_folder()
-        model = load_sentence_transformer(folder, device=device)
-        config = getattr(getattr(model[0], "auto_model", None), "config", None)
-        positions = getattr(config, "max_position_embeddings", None)
-        if max_tokens is not None:
-            if max_tokens < 1 or (positions is not None and max_tokens > int(positions)):
-                raise EncoderError(f"max_tokens={max_tokens} is outside 1..{positions} for the model in {folder}")
-            model.max_seq_length = max_tokens
-        elif positions is not None and (model.max_seq_length or 0) > int(positions):
-            model.max_seq_length = int(positions)  # a plain HF folder whose tokenizer has no real limit
-        seq_len = model.max_seq_length
-        if seq_len is None:
-            raise EncoderError(f"{folder}: the model has no max_seq_length; pass max_tokens")
         if name is None:
             is_default = path is None or folder.resolve() == _default_or_none()
             name = DEFAULT_STUDENT_NAME if is_default else folder.resolve().name
+        looks_like_a_model = (folder / "modules.json").is_file() or (folder / "config.json").is_file()
+        revision = folder_revision(folder) if looks_like_a_model else ""  # else the load below says what is wrong
+        known = _SpecCache(folder, revision, {"max_tokens": max_tokens, "normalize": normalize, "name": name})
+        cached = known.read() if revision and (folder / "tokenizer.json").is_file() else None
+        if cached is not None:  # the spec is known: import and load the model only if something must be encoded
+            return cls(
+                None,
+                EncoderSpec.from_dict(cached["spec"]),
+                loader=lambda: _configured_model(folder, max_tokens, device),
+                tokenizer_file=folder / "tokenizer.json",
+                special_tokens=int(cached["special_tokens"]),
+            )
+        model = _configured_model(folder, max_tokens, device)
         prompt = query_prompt(getattr(model, "prompts", None))
         spec = EncoderSpec(
             name=name,
             kind="teacher" if prompt is not None else "student",
             instruction_template=prompt_template(prompt) if prompt is not None else None,
             model_path=str(folder.resolve()),
-            revision=folder_revision(folder),
+            revision=revision,
             pooling=pooling_from_folder(folder),
             dim=_embedding_dimension(model),
-            max_tokens=int(seq_len),
+            max_tokens=int(model.max_seq_length or 0),
             normalize=normalize or has_normalize_module(folder),
             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         )
-        return cls(model, spec)
+        encoder = cls(model, spec)
+        known.write({"spec": spec.to_dict(), "special_tokens": encoder._n_special})
+        return encoder
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text (special tokens excluded, no truncation)."""
@@ -293,6 +337,52 @@ class StudentEncoder:
         )  # fmt: skip
         self.truncated += truncated
         return out
+
+
+def _configured_model(folder: Path, max_tokens: int | None, device: str | None) -> SentenceTransformer:
+    """The folder's model with its window set: ``max_tokens`` if given (checked against the positions it has)."""
+    model = load_sentence_transformer(folder, device=device)
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if max_tokens is not None:
+        if max_tokens < 1 or (positions is not None and max_tokens > int(positions)):
+            raise EncoderError(f"max_tokens={max_tokens} is outside 1..{positions} for the model in {folder}")
+        model.max_seq_length = max_tokens
+    elif positions is not None and (model.max_seq_length or 0) > int(positions):
+        model.max_seq_length = int(positions)  # a plain HF folder whose tokenizer has no real limit
+    if model.max_seq_length is None:
+        raise EncoderError(f"{folder}: the model has no max_seq_length; pass max_tokens")
+    return model
+
+
+class _SpecCache:
+    """A student's spec remembered under the data home, keyed by its folder, weights' revision, options and the
+    libraries that load it, so a later run knows the spec (and so every cache key) without importing
+    sentence-transformers. A file that cannot be read or written is simply not used."""
+
+    def __init__(self, folder: Path, revision: str, options: dict[str, Any]) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions: dict[str, str | None] = {}
+        for package in ("sentence-transformers", "transformers", "torch"):
+            try:
+                versions[package] = version(package)
+            except PackageNotFoundError:
+                versions[package] = None
+        payload = {"v": 1, "folder": str(folder.resolve()), "revision": revision, "options": options, **versions}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+        self.path = get_settings().home / "cache" / "encoder-specs" / f"{digest}.json"
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and "spec" in data and "special_tokens" in data else None
+
+    def write(self, data: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.path, json.dumps(data, sort_keys=True))
 
 
 def _default_or_none() -> Path | None:

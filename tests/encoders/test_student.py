@@ -267,3 +267,27 @@ def test_packaged_minilm_and_its_onnx_int8(tmp_path: Path) -> None:
     cosine = cosines(onnx_encoder.encode(CLINICAL, batch_size=8), vectors)
     assert cosine.mean() >= 0.99, cosine
     assert json.loads((out / SIDECAR).read_text())["check"]["mean_cosine"] >= 0.99
+
+
+def test_a_known_student_loads_its_model_only_to_encode(tiny_st_dir: Path, tmp_path: Path) -> None:
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.ehr.synth import SynthConfig, generate_cohort
+    from ehrembed.encoders.job import EmbedConfig, embed_records
+
+    first = StudentEncoder.from_folder(tiny_st_dir, device="cpu")
+    assert first.loaded  # the first load reads the model and remembers its spec under the data home
+    second = StudentEncoder.from_folder(tiny_st_dir, device="cpu")
+    assert not second.loaded and second.spec == first.spec
+    assert second.count_tokens(TEXTS) == first.count_tokens(TEXTS) and not second.loaded
+    assert np.allclose(second.encode(TEXTS), first.encode(TEXTS), atol=1e-6) and second.loaded
+    other = StudentEncoder.from_folder(tiny_st_dir, max_tokens=16, device="cpu")  # other options: a spec of its own
+    assert other.loaded and other.spec.max_tokens == 16
+    # an embed job whose records are all cached never loads the model
+    generate_cohort(SynthConfig(n_subjects=6, seed=2), tmp_path / "synth")
+    dataset = MedsDataset.open(tmp_path / "synth")
+    config = EmbedConfig(cache_dir=tmp_path / "cache")
+    made, _ = embed_records(dataset, StudentEncoder.from_folder(tiny_st_dir, device="cpu"), config)
+    again = StudentEncoder.from_folder(tiny_st_dir, device="cpu")
+    cached, report = embed_records(dataset, again, config)
+    assert report.encoded == 0 and report.cached == len(made) and not again.loaded
+    assert np.array_equal(cached.vectors, made.vectors)

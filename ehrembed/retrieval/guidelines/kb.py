@@ -144,9 +144,11 @@ class GuidelineKB:
                 try:
                     from ehrembed.encoders.onnx import OnnxStudentEncoder
 
-                    spec = self.get_encoder().spec
+                    built = self.meta.get("encoder", {})  # the model's settings, without loading it
                     encoder = OnnxStudentEncoder.from_folder(
-                        self.query_onnx, max_tokens=spec.max_tokens, normalize=spec.normalize
+                        self.query_onnx,
+                        max_tokens=built.get("max_tokens"),
+                        normalize=bool(built.get("normalize", True)),
                     )
                 except (ImportError, EncoderError) as exc:
                     log.warning(
