@@ -475,5 +475,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
     )
     with catalog() as session:  # the console's report page finds the run here
         record_report(session, bench.report.parent, dataset.name, dataset.root)
+    card_path = bench.report.parent / "run.json"  # the benchmark's card, with every stage of the job beside it
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["main_job_seconds"] = {name: round(seconds, 2) for name, seconds in clock.timings.items()}
+    atomic_write_text(card_path, json.dumps(card, indent=2, default=str) + "\n")
     summary = bench.report.read_text().split("## Macro AUROC by encoder and k", 1)[-1].split("\n## ", 1)[0]
     return MainJobResult(stats, subject_id, as_of, record, clock.timings, bench.report, summary.strip(), encoding)

@@ -127,6 +127,8 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
         assert f"| {encoder} |" in report, encoder
     assert "long_los: 1037 labels but no positives" in report
     assert (out / "stats.json").exists() and list(out.glob("record_*.md"))
+    stages = json.loads((out / "report" / "run.json").read_text())["main_job_seconds"]
+    assert {"ingest", "teacher", "distill", "student", "index", "benchmark"} <= set(stages), stages
     assert (out / "models" / "student" / "modules.json").exists() and (
         out / "index" / "distilled" / "index.faiss"
     ).exists()
