@@ -4,7 +4,9 @@
   template and status, writes one access-log line (method, route *template*, status, ms, request
   id: never the path's ids, the query string or a header), and writes the audit row for every
   request to a patient-level route (``openapi_extra`` :data:`ehrembed.api.deps.AUDITED`), whatever
-  its outcome: 401, 403, 413 and 422 included (the key is null when none was valid). A write
+  its outcome: 401, 403, 413 and 422 included (the key is null when none was valid), before the
+  request's ASGI call returns; concurrent requests' rows share one commit
+  (:class:`ehrembed.store.audit_writer.AuditWriter`). A write
   commits its row before the change (:func:`ehrembed.api.deps.audit_write`) and the row's status is
   set here afterwards; a crash in between leaves the row with status 102 (processing).
 - :class:`Authenticate` checks the ``Authorization: Bearer`` key of every ``/v1`` request before
@@ -31,8 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehrembed.api.errors import error_body
 from ehrembed.api.metrics import Metrics
-from ehrembed.store.repository import audit as write_audit
-from ehrembed.store.repository import finish_audit
+from ehrembed.store.repository import AuditEntry, finish_audit
 
 access_log = logging.getLogger("ehrembed.access")
 
@@ -151,12 +152,14 @@ class Observe:
     def _audit(
         self, caller: Any, route: str, method: str, marked: tuple[str | None, list[int]], status: int, row: int | None
     ) -> None:
-        with self.state.session() as session:
-            if row is not None:
+        if row is not None:  # a write's row, committed before its change
+            with self.state.session() as session:
                 finish_audit(session, row, status)
-                return
-            dataset, subject_ids = marked
-            write_audit(session, getattr(caller, "key_id", None), route, method, subject_ids, dataset, status)
+            return
+        dataset, subject_ids = marked
+        self.state.audit_writer.write(
+            AuditEntry(getattr(caller, "key_id", None), route, method, subject_ids, dataset, status)
+        )
 
 
 def _flat_routes(routes: Any) -> list[Any]:

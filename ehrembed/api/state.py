@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
 from ehrembed.ehr.stats import dataset_stats
-from ehrembed.ehr.upsert import UpsertReport, read_lock, upsert_patients
+from ehrembed.ehr.upsert import SharedReadLock, UpsertReport, read_lock, upsert_patients
 from ehrembed.ehr.vocabulary import Vocabulary
 from ehrembed.encoders.base import Encoder, EncoderSpec
 from ehrembed.encoders.cache import EmbeddingCache
@@ -41,6 +41,7 @@ from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients
 from ehrembed.settings import Settings
+from ehrembed.store.audit_writer import AuditWriter
 from ehrembed.store.catalog import register_meds
 from ehrembed.store.db import create_all, make_engine, make_session_factory, session_scope
 from ehrembed.store.errors import NotFoundError
@@ -65,7 +66,7 @@ class RWLock:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
-        self._meds_root = meds_root
+        self._shared = SharedReadLock(meds_root) if meds_root is not None else None
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -74,10 +75,10 @@ class RWLock:
                 self._cond.wait()
             self._readers += 1
         try:
-            if self._meds_root is None:
+            if self._shared is None:
                 yield
             else:
-                with read_lock(self._meds_root):
+                with self._shared.hold():
                     yield
         finally:
             with self._cond:
@@ -226,6 +227,7 @@ class ServiceState:
         self.engine = make_engine(settings.resolved_database_url)
         create_all(self.engine)
         self.sessions = make_session_factory(self.engine)
+        self.audit_writer = AuditWriter(self.sessions)
         self.encoders: dict[str, Encoder] = {}
         self.datasets: dict[str, DatasetHandle] = {}
         self.heads: OrderedDict[str, FittedHead] = OrderedDict()  # least recently used first

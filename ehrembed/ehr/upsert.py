@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,67 @@ def read_lock(root: Path) -> Iterator[None]:
         with file_lock(root / GATE, shared=True):
             held.enter_context(file_lock(root / LOCK, shared=True))
         yield
+
+
+class SharedReadLock:
+    """:func:`read_lock` shared by the threads of one process: the process holds the folder's shared lock
+    while any of its readers is in, so a reader costs a lock file opened only when the process had none.
+
+    A new reader joins the readers in progress only while no upsert waits at the gate (a non-blocking
+    probe); when one waits, the reader queues behind it as with :func:`read_lock`, so a busy server
+    cannot starve another process's upsert. An in-process writer must first wait for this process's
+    readers to leave (the caller's thread-level lock does that): the file lock goes with the last of them.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._mutex = threading.Lock()
+        self._readers = 0
+        self._held: contextlib.ExitStack | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self._enter()
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._readers -= 1
+                if not self._readers and self._held is not None:
+                    self._held.close()
+                    self._held = None
+
+    def _enter(self) -> None:
+        with self._mutex:
+            if self._readers and not _gate_closed(self.root / GATE):
+                self._readers += 1
+                return
+        # Through the gate first: behind any upsert waiting there.
+        with file_lock(self.root / GATE, shared=True), self._mutex:
+            if not self._readers:
+                held = contextlib.ExitStack()
+                held.enter_context(file_lock(self.root / LOCK, shared=True))
+                self._held = held
+            self._readers += 1
+
+
+def _gate_closed(gate: Path) -> bool:
+    """Whether an upsert holds (or waits at) the gate: a non-blocking shared probe that fails."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locks at all
+        return False
+    try:
+        fd = os.open(gate, os.O_RDONLY)
+    except OSError:  # no gate file yet (no upsert ever ran) or an unreadable folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor drops the probe's lock
+    return False
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -154,3 +156,48 @@ def test_stray_temp_files_are_removed_on_open(dataset: MedsDataset) -> None:
     (dataset.root / "metadata" / "codes.parquet.tmp").write_bytes(b"")
     ds = MedsDataset.open(dataset.root)
     assert not list(ds.root.rglob("*.tmp"))
+
+
+def _gate_closed_soon(root: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not up._gate_closed(root / up.GATE):
+        assert time.monotonic() < deadline, "the writer never reached the gate"
+        time.sleep(0.01)
+
+
+def test_a_process_shares_one_read_lock_and_an_upsert_waiting_at_the_gate_goes_first(tmp_path: Path) -> None:
+    """Readers of one process share the folder's lock; a writer (flock treats another descriptor of this
+    process like another process) waits for them, and a reader arriving after it waits for the writer."""
+    shared = up.SharedReadLock(tmp_path)
+    order: list[str] = []
+    first_in, first_out = threading.Event(), threading.Event()
+
+    def reader(name: str, entered: threading.Event | None = None, leave: threading.Event | None = None) -> None:
+        with shared.hold():
+            order.append(f"{name} in")
+            if entered is not None and leave is not None:
+                entered.set()
+                assert leave.wait(30)
+            order.append(f"{name} out")
+
+    def writer() -> None:
+        with up.write_lock(tmp_path):
+            order.append("writer")
+
+    first = threading.Thread(target=reader, args=("a", first_in, first_out))
+    first.start()
+    assert first_in.wait(30)
+    reader("b")  # joins the reader in progress at once
+    write = threading.Thread(target=writer)
+    write.start()
+    _gate_closed_soon(tmp_path)
+    late = threading.Thread(target=reader, args=("c",))
+    late.start()
+    time.sleep(0.2)
+    assert order == ["a in", "b in", "b out"]  # the writer waits for a; c waits behind the writer
+    first_out.set()
+    for thread in (first, write, late):
+        thread.join(30)
+    assert order == ["a in", "b in", "b out", "a out", "writer", "c in", "c out"]
+    with up.write_lock(tmp_path):  # the last reader let go of the file lock
+        pass

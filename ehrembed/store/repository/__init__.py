@@ -22,7 +22,7 @@ from ehrembed.store.repository.artifacts import (
     list_artifacts,
     register_artifact,
 )
-from ehrembed.store.repository.audit import audit, finish_audit, list_audit
+from ehrembed.store.repository.audit import AuditEntry, audit, audit_many, finish_audit, list_audit
 from ehrembed.store.repository.common import SplitsLike
 from ehrembed.store.repository.datasets import (
     delete_dataset,
@@ -44,8 +44,10 @@ from ehrembed.store.repository.tasks import count_labels, get_labels, get_task, 
 
 __all__ = [
     "API_KEY_PREFIX",
+    "AuditEntry",
     "SplitsLike",
     "audit",
+    "audit_many",
     "count_labels",
     "create_api_key",
     "current_artifact",
