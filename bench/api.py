@@ -7,10 +7,13 @@ store, with a read and a write API key and a logistic head fitted on 200 labelle
 send requests for ``--seconds`` each:
 
 - ``similar``: ``GET /v1/patients/{id}/similar?k=10`` for random stored patients;
-- ``predict``: ``POST /v1/heads/{id}/predict`` for one random stored patient (the first time a worker is
-  asked for a subject its record is read, serialized and looked up in the embedding cache; after that the
-  worker remembers the vector until the data changes), with 3 evidence examples (no guideline knowledge
-  base in this setup);
+- ``predict``: ``POST /v1/heads/{id}/predict`` for one random stored patient of the first half of the cohort
+  (the first time a worker is asked for a subject its record is read, serialized and looked up in the
+  embedding cache; after that the worker remembers the vector until the data changes), with 3 evidence
+  examples (no guideline knowledge base in this setup);
+- ``predict_first``: the same, each request for a subject no request asked about before (the second half of
+  the cohort, each subject once, so the run ends when they run out; ``predict`` and ``predict_repeat`` draw
+  from the first half): the cost of a stored, already embedded subject the first time its worker sees it;
 - ``predict_repeat``: the same for subjects asked about before (a pool of 100, each asked 4 times before the
   run; with several workers a worker may still meet one for the first time): what a clinician's repeated
   views cost;
@@ -178,6 +181,8 @@ def load(
                 started = time.perf_counter()
                 try:
                     response = make_request(client, rng)
+                    if response is None:  # the scenario ran out of requests to send
+                        break
                     ok = 200 <= response.status_code < 300
                     detail = f"{response.status_code}: {response.text[:120]}"
                 except httpx.HTTPError as exc:
@@ -233,11 +238,23 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)
+        seen, fresh = ids[: len(ids) // 2], ids[len(ids) // 2 :]
+        random.Random(1).shuffle(fresh)
+        fresh_lock = threading.Lock()
+
+        def first_time(client: httpx.Client, _rng: random.Random) -> httpx.Response | None:
+            with fresh_lock:
+                if not fresh:
+                    return None
+                subject = fresh.pop()
+            return client.post(f"/v1/heads/{head}/predict", json={"subject_ids": [subject]})
+
         scenarios = {
             "similar": lambda c, r: c.get(
                 f"/v1/patients/{r.choice(ids)}/similar", params={"dataset": "bench", "k": 10}
             ),
-            "predict": lambda c, r: c.post(f"/v1/heads/{head}/predict", json={"subject_ids": [r.choice(ids)]}),
+            "predict": lambda c, r: c.post(f"/v1/heads/{head}/predict", json={"subject_ids": [r.choice(seen)]}),
+            "predict_first": first_time,
             "predict_repeat": lambda c, r: c.post(
                 f"/v1/heads/{head}/predict", json={"subject_ids": [r.choice(ids[:REPEAT_POOL])]}
             ),
@@ -253,7 +270,7 @@ def main() -> None:
         for name, request in scenarios.items():
             if name not in wanted:
                 continue
-            load(base, key, request, 2, 2.0)  # warm up caches and the threadpool
+            load(base, key, scenarios["predict"] if name == "predict_first" else request, 2, 2.0)  # warm up
             if name == "predict_repeat":
                 with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30.0) as client:
                     for subject in ids[:REPEAT_POOL] * 4:  # each worker has most likely seen each subject

@@ -2,7 +2,9 @@
 
 The same Eunomia records (serialized once, within the budget) go through every encoder at the
 same ``--max-tokens``. Each encoder runs in its own process so its peak RSS is its own; records/s
-and tokens/s are medians over ``--repeats`` passes after one warm-up pass, measured in one run.
+and tokens/s are medians over ``--repeats`` passes after one warm-up pass, measured in one run. The
+int8 student's agreement with the torch student is the cosine of their vectors for the same records
+(mean and min). Targets: the fastest student ≥ 20× the teacher, int8 ≥ 2× torch at cosine ≥ 0.99.
 
     python bench/encode.py [--records 64] [--max-tokens 256] [--repeats 3] [--json-out PATH]
 """
@@ -18,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,7 +65,7 @@ def _run(name: str, texts: list[str], max_tokens: int, repeats: int, home: str, 
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        encoder.encode(texts, instruction=instruction, batch_size=16)
+        vectors = encoder.encode(texts, instruction=instruction, batch_size=16)
         seconds.append(time.perf_counter() - started)
     queue.put(
         {
@@ -74,8 +78,16 @@ def _run(name: str, texts: list[str], max_tokens: int, repeats: int, home: str, 
             "tokens_per_second": tokens / statistics.median(seconds),
             "tokens": tokens,
             "peak_rss_mb": round(peak_rss_mb(), 1),
+            "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
+            "vectors": vectors.tolist(),
         }
     )
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two ``(n, d)`` matrices (the same records through two encoders)."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray((a * b).sum(axis=1) / np.maximum(norms, 1e-12))
 
 
 def main() -> None:
@@ -93,12 +105,14 @@ def main() -> None:
     texts = _records(args.records, args.max_tokens)
     context = mp.get_context("spawn")
     results: dict[str, Any] = {}
+    vectors: dict[str, np.ndarray] = {}
     for name in args.encoders:
         queue = context.Queue()
         process = context.Process(target=_run, args=(name, texts, args.max_tokens, args.repeats, home, queue))
         process.start()
         results[name] = queue.get()
         process.join()
+        vectors[name] = np.asarray(results[name].pop("vectors"), dtype=np.float32)
         print(f"{name:<14} {results[name]['records_per_second']:8.2f} records/s", file=sys.stderr)
     ratios: dict[str, float] = {}
     if {"teacher", "student"} <= results.keys():
@@ -113,6 +127,14 @@ def main() -> None:
         ratios["onnx_int8_vs_torch_student"] = (
             results["student-onnx"]["records_per_second"] / results["student"]["records_per_second"]
         )
+    agreement: dict[str, dict[str, float]] = {}
+    if {"student", "student-onnx"} <= vectors.keys():
+        cosines = _cosines(vectors["student-onnx"], vectors["student"])
+        agreement["onnx_int8_vs_torch_student"] = {
+            "mean": round(float(cosines.mean()), 4),
+            "min": round(float(cosines.min()), 4),
+        }
+        print(f"int8 vs torch student cosine: mean {cosines.mean():.4f}, min {cosines.min():.4f}", file=sys.stderr)
     save(
         "encode",
         {
@@ -122,7 +144,12 @@ def main() -> None:
             "repeats": args.repeats,
             "encoders": results,
             "ratios": {k: round(v, 2) for k, v in ratios.items()},
-            "targets": {"fastest_student_vs_teacher": 10.0, "onnx_int8_vs_torch_student": 1.8},
+            "cosine": agreement,
+            "targets": {
+                "fastest_student_vs_teacher": 20.0,
+                "onnx_int8_vs_torch_student": 2.0,
+                "onnx_int8_cosine_to_torch_student": 0.99,
+            },
         },
         args.json_out,
     )

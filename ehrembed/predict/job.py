@@ -321,20 +321,23 @@ def embed_tasks(
     An encoder whose vectors do not depend on the instruction (a student) embeds every time once;
     an instruction-tuned one (a teacher) embeds each task's times with the task's question, into
     ``out/{task}`` (or once with the generic question when ``generic``). ``encoder`` is the choice's
-    encoder already loaded (e.g. with another pooling); by default it is loaded here.
+    encoder already loaded (e.g. with another pooling); by default it is loaded here. The returned
+    info's ``plan`` says which it was (``once``, ``per task`` or ``saved set``); it goes into ``run.json``.
     """
     from ehrembed.encoders.instructions import instruction_for
 
     all_keys = label_keys(labelsets)
     if _saved_set(choice) is not None:
-        return embed_keys(dataset, choice, all_keys, out, max_tokens=max_tokens, batch_size=batch_size)
+        saved, info = embed_keys(dataset, choice, all_keys, out, max_tokens=max_tokens, batch_size=batch_size)
+        return saved, {**info, "plan": "saved set"}
     encoder = encoder or _load_encoder(choice, max_tokens)
     embed = functools.partial(
         embed_keys, dataset, choice, max_tokens=max_tokens, batch_size=batch_size, guidelines_kb=guidelines_kb,
         encoder=encoder,
     )  # fmt: skip
     if generic or instruction_for(encoder.spec, "?") is None:
-        return embed(all_keys, out, progress=progress)
+        once, info = embed(all_keys, out, progress=progress)
+        return once, {**info, "plan": "once"}
     per_task: dict[str, EmbeddingSet] = {}
     infos: list[dict[str, Any]] = []
     total = sum(ls.frame().get_column(s.SUBJECT_ID).n_unique() for ls in labelsets)
@@ -359,6 +362,7 @@ def embed_tasks(
         round(merged["encoded"] / merged["seconds"], 3) if merged["encoded"] and merged["seconds"] else None
     )
     merged["instructions"] = {ls.task.name: i["instruction"] for ls, i in zip(labelsets, infos, strict=True)}
+    merged["plan"] = "per task"
     return per_task, merged
 
 

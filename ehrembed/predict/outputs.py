@@ -23,16 +23,19 @@ if TYPE_CHECKING:
 
 
 def encoding_section(encoding: dict[str, dict[str, Any]]) -> str:
-    """The report's encoding-speed table (one row per encoder)."""
+    """The report's encoding-speed table (one row per encoder; ``embedded``: once, per task or a saved set)."""
     rows = []
     for name, info in encoding.items():
         speed = info.get("records_per_second")
         rows.append(
-            f"| {name} | {info.get('encoder', info.get('source', '-'))} | {info.get('max_tokens', '-')} | "
-            f"{info.get('encoded', '-')} | {info.get('cached', '-')} | {'-' if speed is None else f'{speed:.2f}'} |"
+            f"| {name} | {info.get('encoder', info.get('source', '-'))} | {info.get('plan', '-')} | "
+            f"{info.get('max_tokens', '-')} | {info.get('encoded', '-')} | {info.get('cached', '-')} | "
+            f"{'-' if speed is None else f'{speed:.2f}'} |"
         )
-    header = "| encoder | model | token window | records encoded | from cache | records/s (serialize + encode) |"
-    return "\n".join([header, "|---|---|---|---|---|---|", *rows])
+    header = (
+        "| encoder | model | embedded | token window | records encoded | from cache | records/s (serialize + encode) |"
+    )
+    return "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
 
 
 def write_cell_predictions(result: BenchmarkResult, labelsets: Sequence[LabelSet], root: Path) -> int:

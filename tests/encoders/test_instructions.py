@@ -91,16 +91,19 @@ def test_benchmark_embeds_teachers_per_task_and_students_once(
     )
     assert isinstance(per_task, dict) and set(per_task) == {"new_afib", "new_stroke"}
     assert info["instructions"]["new_afib"] == instruction_for(per_task["new_afib"].spec, tasks[0].question)
+    assert info["plan"] == "per task"
     assert per_task["new_stroke"].instruction != per_task["new_afib"].instruction
-    generic, _ = embed_tasks(
+    generic, generic_info = embed_tasks(
         small, parse_encoder(f"t={tiny_qwen2_dir}"), labelsets, tmp_path / "g", max_tokens=256, batch_size=4,
         generic=True,
     )  # fmt: skip
     assert isinstance(generic, EmbeddingSet) and generic.instruction == instruction_for(generic.spec)
-    once, _ = embed_tasks(
+    assert generic_info["plan"] == "once"
+    once, once_info = embed_tasks(
         small, parse_encoder(f"s={tiny_student_dir}"), labelsets, tmp_path / "s", max_tokens=None, batch_size=4
     )
     assert isinstance(once, EmbeddingSet) and once.instruction is None
+    assert once_info["plan"] == "once"
 
 
 def test_fitted_heads_keep_the_task_instruction(small: MedsDataset, tiny_qwen2_dir: Path, tmp_path: Path) -> None:
