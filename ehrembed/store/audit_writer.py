@@ -15,14 +15,21 @@ as audited when its row was lost. No thread of its own: nothing to start or stop
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ehrembed.store.db import session_scope
 from ehrembed.store.repository.audit import AuditEntry, audit_many
 
-_KEPT_ERRORS = 64
-"""Failed batches remembered until their waiters have seen the error."""
+
+@dataclass
+class _Batch:
+    """Rows that commit together, and how their commit ended (``done``; ``error`` when it failed)."""
+
+    rows: list[AuditEntry] = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
 
 
 class AuditWriter:
@@ -31,46 +38,42 @@ class AuditWriter:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._cond = threading.Condition()
-        self._pending: list[AuditEntry] = []
-        self._collecting = 0
-        """Id of the batch that new rows join."""
-        self._done = 0
-        """Batches with an id below this are committed or failed."""
+        self._open = _Batch()
+        """The batch new rows join; the next leader takes it and opens a new one."""
         self._writing = False
-        self._errors: dict[int, BaseException] = {}
         self.batches = 0
         self.rows = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for the next commit."""
+        with self._cond:
+            return len(self._open.rows)
 
     def write(self, entry: AuditEntry) -> None:
         """Add ``entry`` and return once it is committed (or raise the error its batch met)."""
         with self._cond:
-            self._pending.append(entry)
-            batch = self._collecting
-            while batch >= self._done and self._writing:
+            batch = self._open
+            batch.rows.append(entry)
+            while not batch.done and self._writing:
                 self._cond.wait()
-            if batch < self._done:  # another caller committed (or failed) our batch
-                failed = self._errors.get(batch)
-                if failed is not None:
-                    raise failed
+            if batch.done:  # another caller committed (or failed) our batch
+                if batch.error is not None:
+                    raise batch.error
                 return
-            rows, self._pending = self._pending, []
-            self._collecting += 1
+            self._open = _Batch()  # we lead: rows from now on form the next batch
             self._writing = True
         error: BaseException | None = None
         try:
             with session_scope(self._sessions) as session:
-                audit_many(session, rows)
+                audit_many(session, batch.rows)
         except BaseException as exc:
             error = exc
         with self._cond:
-            if error is not None:
-                self._errors[batch] = error
-                for old in [b for b in self._errors if b < batch - _KEPT_ERRORS]:
-                    del self._errors[old]
-            else:
+            batch.done, batch.error = True, error
+            if error is None:
                 self.batches += 1
-                self.rows += len(rows)
-            self._done = batch + 1
+                self.rows += len(batch.rows)
             self._writing = False
             self._cond.notify_all()
         if error is not None:

@@ -43,7 +43,7 @@ def _gated_sessions(engine: Engine, gate: threading.Event, entered: threading.Ev
 
 def _wait_pending(writer: AuditWriter, n: int) -> None:
     deadline = time.monotonic() + 30
-    while len(writer._pending) < n:  # rows waiting behind the held commit
+    while writer.pending < n:  # rows waiting behind the held commit
         assert time.monotonic() < deadline, "rows did not queue"
         time.sleep(0.005)
 
