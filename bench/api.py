@@ -24,10 +24,11 @@ send requests for ``--seconds`` each:
 Each runs closed loop (clients back to back: the throughput), then similar and predict run open loop at
 ``--rate`` requests/s (default 100: the latency below saturation). Reported per run: requests, errors
 (non-2xx or transport), throughput, latency p50/p90/p99 measured at the client, and the share of the
-machine's CPU the load generator itself used. Targets on a 2-core machine: similar p99 ≤ 50 ms and ≥ 200
-requests/s, zero errors. Run ``.venv/bin/python bench/api.py [--workers 2] [--home DIR] [--only predict,similar]``
-(``--home`` prepares once and reuses; ``--only`` runs some scenarios); figures go to
-bench/results/api.json.
+machine's CPU the load generator itself used. Targets on a 2-core machine with ``--workers 2``: similar
+≥ 200 requests/s closed loop and p99 ≤ 50 ms at 100 requests/s; predict for a subject seen the first time
+≥ 200 requests/s at p99 ≤ 100 ms; zero errors (``targets_met`` in the JSON; a scenario not run is not met). Run
+``.venv/bin/python bench/api.py [--workers 2] [--home DIR] [--only predict_first,similar]`` (``--home``
+prepares once and reuses; ``--only`` runs some scenarios); figures go to bench/results/api.json.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save
 
-TARGETS = {"similar_p99_ms": 50.0, "similar_rps": 200.0, "errors": 0}
+TARGETS = {
+    "similar_rps": 200.0,
+    "similar_p99_ms_at_100_rps": 50.0,
+    "predict_first_rps": 200.0,
+    "predict_first_p99_ms": 100.0,
+    "errors": 0,
+}
 REPEAT_POOL = 100
 """Subjects the ``predict_repeat`` scenario asks about (each asked 4 times before it is timed)."""
 
@@ -212,6 +219,24 @@ def load(
     }
 
 
+def _targets_met(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """Each target of :data:`TARGETS` against the runs (one not run counts as not met)."""
+    nothing: dict[str, Any] = {"p99_ms": None, "requests_per_second": 0.0}
+    similar, first = results.get("similar", nothing), results.get("predict_first", nothing)
+    steady = results.get("similar_at_100_rps", nothing)
+
+    def at_most(run: dict[str, Any], limit: float) -> bool:
+        return run["p99_ms"] is not None and run["p99_ms"] <= limit
+
+    return {
+        "similar_rps": similar["requests_per_second"] >= TARGETS["similar_rps"],
+        "similar_p99_ms_at_100_rps": at_most(steady, TARGETS["similar_p99_ms_at_100_rps"]),
+        "predict_first_rps": first["requests_per_second"] >= TARGETS["predict_first_rps"],
+        "predict_first_p99_ms": at_most(first, TARGETS["predict_first_p99_ms"]),
+        "errors": all(r["errors"] == 0 for r in results.values()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=2000)
@@ -287,12 +312,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    similar = results.get("similar", {"p99_ms": None, "requests_per_second": 0.0})
-    met = {
-        "similar_p99_ms": similar["p99_ms"] is not None and similar["p99_ms"] <= TARGETS["similar_p99_ms"],
-        "similar_rps": similar["requests_per_second"] >= TARGETS["similar_rps"],
-        "errors": all(r["errors"] == 0 for r in results.values()),
-    }
+    met = _targets_met(results)
     save(
         "api",
         {
