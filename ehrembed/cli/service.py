@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
@@ -80,18 +82,52 @@ def keys_revoke_cmd(key: Annotated[str, typer.Argument(help="Key id or name.")],
     out_console.print(f"revoked key {data['name']!r} (id {data['id']})")
 
 
+def worker_threads(workers: int, threads: int | None, env: Mapping[str, str], cpus: int) -> int | None:
+    """Intra-op threads each worker should use (torch, OpenMP), or None to leave the libraries' default.
+
+    Several workers each running all-core thread pools oversubscribe the CPUs: on 2 cores, 2 workers with
+    one thread each served inline-record predictions 25 % faster than with two each. An explicit
+    ``threads`` wins; a user's ``OMP_NUM_THREADS`` is kept; one worker keeps every core.
+    """
+    if threads is not None:
+        return threads
+    if "OMP_NUM_THREADS" in env or workers <= 1:
+        return None
+    return max(1, cpus // workers)
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers narrow), else the machine's."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the models).")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads per worker for model inference and search (default: the CPUs shared among the workers, "
+            "or OMP_NUM_THREADS when set).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (models, indexes and heads load once at startup)."""
     import uvicorn
 
     from ehrembed.api.app import logging_config
 
-    err_console.print(f"serving on http://{host}:{port} (OpenAPI at /docs); stop with Ctrl-C")
+    per_worker = worker_threads(workers, threads, os.environ, _cpus())
+    if per_worker is not None:  # read by torch and OpenMP when a worker starts (workers inherit the environment)
+        os.environ["OMP_NUM_THREADS"] = str(per_worker)
+    shown = f", {per_worker} thread(s) each" if per_worker is not None else ""
+    err_console.print(
+        f"serving on http://{host}:{port} with {workers} worker(s){shown} (OpenAPI at /docs); stop with Ctrl-C"
+    )
     # uvicorn's own access log would keep query strings (ids, filters); ours keeps route templates only.
     uvicorn.run(
         "ehrembed.api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info",
