@@ -23,6 +23,7 @@ import inspect
 import io
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,12 @@ CHECK_TEXTS = [
     "## Past Medical Visits\n- Outpatient Visit on 2019-01-02 (200 days before prediction time)",
 ]
 """Short clinical Markdown samples for the export check recorded in the sidecar."""
+
+
+def _threads_from_environment() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive thread count, or None when unset or not one."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def is_onnx_folder(path: Path | str) -> bool:
@@ -391,6 +398,7 @@ class OnnxStudentEncoder:
         self.spec = spec
         self.truncated = 0
         options = ort.SessionOptions()
+        threads = threads if threads is not None else _threads_from_environment()
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -422,7 +430,9 @@ class OnnxStudentEncoder:
         name: str | None = None,
         threads: int | None = None,
     ) -> OnnxStudentEncoder:
-        """Load an exported folder; ``threads`` sets onnxruntime's intra-op threads (default: all cores)."""
+        """Load an exported folder; ``threads`` sets onnxruntime's intra-op threads (default: ``OMP_NUM_THREADS``
+        when set, as torch reads it, so ``ehrembed serve --workers N`` shares the cores the same way; else all
+        cores)."""
         folder = Path(path)
         config = read_sidecar(folder)
         limit = int(config.get("max_position_embeddings") or 0)

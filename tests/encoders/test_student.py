@@ -199,6 +199,14 @@ def test_load_encoder_detects_student_and_onnx_folders(tiny_st_dir: Path, onnx_d
     assert isinstance(load_encoder(str(onnx_dir), threads=1), OnnxStudentEncoder)
 
 
+def test_onnx_threads_follow_omp_num_threads_unless_given(onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `ehrembed serve --workers 2` sets on 2 cores
+    assert OnnxStudentEncoder.from_folder(onnx_dir).session.get_session_options().intra_op_num_threads == 1
+    assert OnnxStudentEncoder.from_folder(onnx_dir, threads=2).session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: onnxruntime's default (0, every core)
+    assert OnnxStudentEncoder.from_folder(onnx_dir).session.get_session_options().intra_op_num_threads == 0
+
+
 def test_missing_folders_give_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EncoderError, match="does not exist"):
         StudentEncoder.from_folder(tmp_path / "nope")
