@@ -51,3 +51,23 @@ def test_the_tiny_run_reports_rates_memory_ratio_and_projection(gpu_bench, tmp_p
         gpu_bench.main(["run", str(tmp_path / "empty.jsonl"), "--tiny"]) if (tmp_path / "empty.jsonl").write_text(
             ""
         ) is not None else None
+
+
+def test_the_run_needs_only_torch_and_transformers(tmp_path: Path) -> None:
+    """What a bare GPU host has: the run imports neither ehrembed nor the platform's other dependencies."""
+    import subprocess
+
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"teacher_tokens": n, "student_tokens": n}) + "\n" for n in (40, 300, 90)))
+    blocked = ["ehrembed", "sentence_transformers", "peft", "polars", "pyarrow", "faiss", "lightgbm", "sklearn",
+               "onnxruntime", "sqlalchemy", "fastapi"]  # fmt: skip
+    script = (
+        "import runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({blocked!r}))\n"  # None entries: importing them raises ImportError
+        f"sys.argv = ['gpu.py', 'run', {str(records)!r}, '--tiny', '--repeats', '1', "
+        f"'--json-out', {str(tmp_path / 'gpu.json')!r}]\n"
+        f"runpy.run_path({str(BENCH / 'gpu.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "gpu.json").read_text())["records"] == 3
