@@ -60,6 +60,7 @@ TARGETS = {
     "predict_first_p99_ms": 100.0,
     "errors": 0,
 }
+SCENARIOS = ("similar", "predict", "predict_first", "predict_repeat", "predict_inline_record", "export")
 REPEAT_POOL = 100
 """Subjects the ``predict_repeat`` scenario asks about (each asked 4 times before it is timed)."""
 
@@ -151,6 +152,7 @@ def _prepared(home: Path, patients: int) -> dict[str, Any]:
     home.mkdir(parents=True, exist_ok=True)
     setup = {**prepare(home, patients), "patients": patients}
     marker.write_text(json.dumps(setup))
+    marker.chmod(0o600)  # it keeps the bench's read key so later runs can reuse the server's store
     return setup
 
 
@@ -249,6 +251,9 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated scenarios to run (default: all)")
     args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    if wanted - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {sorted(wanted - set(SCENARIOS))}; choose from {', '.join(SCENARIOS)}")
     home = args.home or Path(tempfile.mkdtemp(prefix="ehrembed-bench-api-"))
     setup = _prepared(home, args.patients)
     ids, head, key = setup["ids"], setup["head"], setup["key"]
@@ -290,8 +295,8 @@ def main() -> None:
                 "/v1/embeddings/export", params={"dataset": "bench", "encoder": "minilm", "format": "parquet"}
             ),
         }
+        assert tuple(scenarios) == SCENARIOS
         results = {}
-        wanted = set(args.only.split(",")) if args.only else set(scenarios)
         for name, request in scenarios.items():
             if name not in wanted:
                 continue
