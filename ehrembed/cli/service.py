@@ -86,7 +86,7 @@ def worker_threads(workers: int, threads: int | None, env: Mapping[str, str], cp
     """Intra-op threads each worker should use (torch, OpenMP), or None to leave the libraries' default.
 
     Several workers each running all-core thread pools oversubscribe the CPUs: on 2 cores, 2 workers with
-    one thread each served inline-record predictions 25 % faster than with two each. An explicit
+    one thread each served inline-record predictions about 20 % faster than with two each. An explicit
     ``threads`` wins; a user's ``OMP_NUM_THREADS`` is kept; one worker keeps every core.
     """
     if threads is not None:
