@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
+
+from ehrembed.predict.metrics import auroc
 
 PROBABILITY = "predicted_boolean_probability"
 KEYS = ["subject_id", "prediction_time"]
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
 def cell_scores(root: Path, others: list[str]) -> pl.DataFrame:
@@ -39,7 +35,7 @@ def cell_scores(root: Path, others: list[str]) -> pl.DataFrame:
     rows = []
     for (task, encoder, head, k, replicate), frame in cells.items():
         labels = frame["boolean_value"].to_numpy()
-        rows.append((task, encoder, head, k, replicate, _auroc(labels, frame[PROBABILITY].to_numpy())))
+        rows.append((task, encoder, head, k, replicate, auroc(labels, frame[PROBABILITY].to_numpy())))
         if encoder != "count":
             continue
         for other in others:
@@ -48,7 +44,7 @@ def cell_scores(root: Path, others: list[str]) -> pl.DataFrame:
                 continue
             joined = frame.join(partner.select(*KEYS, pl.col(PROBABILITY).alias("other")), on=KEYS)
             ranks = rankdata(joined[PROBABILITY].to_numpy()) + rankdata(joined["other"].to_numpy())
-            rows.append((task, f"count|{other}", head, k, replicate, _auroc(joined["boolean_value"].to_numpy(), ranks)))
+            rows.append((task, f"count|{other}", head, k, replicate, auroc(joined["boolean_value"].to_numpy(), ranks)))
     schema = ["task", "encoder", "head", "k", "replicate", "auroc"]
     return pl.DataFrame(rows, schema=schema, orient="row").drop_nulls("auroc")
 
