@@ -1,4 +1,5 @@
-"""CLI for models: embed records, distil the teacher into the student, export the student to ONNX."""
+"""CLI for models: embed records, distil the teacher into the student, export the student to ONNX, pretrain the
+prognostic encoder on a dataset's own timelines."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from ehrembed.cli.common import (
     FormatOption,
     JsonFlag,
     MaxTokensOption,
+    MultiValueCommand,
     OverwriteFlag,
     RecordFormat,
     ShiftDatesOption,
     app,
     bar_progress,
+    err_console,
     fail,
     out_console,
     parse_time,
@@ -324,6 +327,91 @@ def distill_cmd(
         for row in frame.iter_rows():
             table.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
         out_console.print(table)
+
+
+@app.command("pretrain", cls=MultiValueCommand)
+def pretrain_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A MEDS folder; only its train split is read.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the prognostic model (safetensors + JSON).")],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="tte (time-to-event network, MOTOR's loss), horizons (occurrence within 30/180/365 days), "
+            "rrr (reduced-rank ridge, closed form), svd (counts' singular vectors), untrained (the network at init)."
+        ),
+    ] = "tte",
+    dim: Annotated[int, typer.Option(min=1, help="Vector size.")] = 256,
+    targets: Annotated[
+        int, typer.Option(min=1, help="Target codes (ranked by the entropy of their frequency).")
+    ] = 1000,
+    min_subjects: Annotated[int, typer.Option(min=1, help="A target needs this many train subjects.")] = 10,
+    points_per_subject: Annotated[int, typer.Option(min=1, help="Prediction points per train subject, at most.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    exclude_codes: Annotated[
+        Path | None,
+        typer.Option(
+            "--exclude-codes", help="A file of codes (one a line) removed, with descendants, from the targets."
+        ),
+    ] = None,
+    exclude_tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-tasks",
+            help="Tasks (names, groups or files) whose outcome codes and descendants are removed from the targets.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the points, the validation subjects and the weights.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pretrain a prognostic encoder on the dataset's train split: vectors that anticipate each code's next
+    occurrence. Use it as `--encoders prognosis=OUT` (benchmark, embed, index). An interrupted run resumes."""
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.predict.ontology import Ontology
+    from ehrembed.predict.prognosis.train import PretrainConfig, exclusion_codes_for, pretrain
+
+    with user_errors():
+        ds = MedsDataset.open(dataset)
+        ontology = Ontology.from_dataset(ds)
+        excluded: list[str] = []
+        if exclude_codes is not None:
+            lines = exclude_codes.read_text().splitlines()
+            excluded += [c.strip() for c in lines if c.strip() and not c.startswith("#")]
+        if exclude_tasks:
+            from ehrembed.predict.tasks import resolve_tasks
+
+            excluded += exclusion_codes_for(resolve_tasks(split_list(exclude_tasks)), ontology)
+        config = PretrainConfig(
+            method=method,
+            dim=dim,
+            max_targets=targets,
+            min_subjects=min_subjects,
+            points_per_subject=points_per_subject,
+            epochs=epochs,
+            exclude_codes=tuple(sorted(set(excluded))),
+            seed=seed,
+            name=out.name,
+        )
+        with bar_progress("pretraining") as bar:
+            task = bar.add_task("pretraining", total=None)
+            result = pretrain(
+                ds,
+                out,
+                config,
+                ontology=ontology,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                say=lambda m: err_console.print(m),
+            )
+        record_artifact("model", out.name, out, {"kind": "prognosis", "method": method}, ds.name, ds.root)
+    figures = {k: v for k, v in result.figures.items() if k != "history"}
+    if as_json:
+        print_json({"model": str(out), "method": method, "targets": len(result.model.targets), **figures})
+        return
+    auroc = figures.get("validation_auroc_365d")
+    out_console.print(
+        f"[green]wrote[/] {out}: {method}, {result.model.dim}-d vectors from {len(result.model.columns):,} count "
+        f"columns, {len(result.model.targets):,} targets, {figures['seconds']:.1f}s"
+        + (f"; validation AUROC of the 365-day risks {auroc:.3f}" if auroc is not None else "")
+    )
 
 
 @app.command("export-onnx")

@@ -366,6 +366,43 @@ def embed_tasks(
     return per_task, merged
 
 
+def is_prognosis_source(choice: EncoderChoice) -> bool:
+    """Whether the choice names a prognostic model folder (``ehrembed pretrain``'s output)."""
+    return not choice.guidelines and (Path(choice.source) / "prognosis.json").is_file()
+
+
+def prognosis_features(
+    dataset: MedsDataset,
+    choice: EncoderChoice,
+    keys: pl.DataFrame,
+    *,
+    ontology: Ontology | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> tuple[Features, dict[str, Any]]:
+    """A prognostic encoder's vectors for ``keys`` (from the count inputs cut at each time), and its info:
+    input coverage of this dataset (a warning below half, an error at none), rows, seconds."""
+    from ehrembed.predict.prognosis import PrognosisModel
+
+    started = time.perf_counter()
+    model = PrognosisModel.load(choice.source)
+    coverage, warning = model.check_coverage(dataset, ontology=ontology)
+    if warning:
+        say(f"warning: {warning}")
+    vectors = model.encode(dataset, keys, ontology=ontology)
+    seconds = time.perf_counter() - started
+    info = {
+        "encoder": f"prognosis:{model.method}",
+        "plan": "once",
+        "rows": keys.height,
+        "encoded": keys.height,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(keys.height / seconds, 1) if seconds > 0 else None,
+        "coverage": round(coverage, 4),
+        "dim": model.dim,
+    }
+    return Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), vectors), info
+
+
 def check_fusions(choices: Sequence[EncoderChoice]) -> None:
     """Every ``count+NAME`` names another (non-fused, non-count) encoder of the same run."""
     names = {c.name: c for c in choices}
@@ -454,6 +491,10 @@ def benchmark_dataset(
             assert counts is not None
             train = dataset.splits().filter(pl.col(s.SPLIT) == s.Split.TRAIN.value).get_column(s.SUBJECT_ID)
             features[choice.name] = fuse(counts, features[choice.fuse], choice.name, train.to_numpy())
+        elif (embeddings or {}).get(choice.name) is None and is_prognosis_source(choice):
+            features[choice.name], encoding[choice.name] = prognosis_features(
+                dataset, choice, keys, ontology=ontology, say=say
+            )
         else:
             emb = (embeddings or {}).get(choice.name)
             if emb is None:
