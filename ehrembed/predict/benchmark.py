@@ -64,6 +64,8 @@ MISSING_SCHEMA: dict[str, Any] = {
     "reason": pl.String,
 }
 DENSE_ONLY_HEADS = frozenset({"knn"})
+ZERO_SHOT = "zero-shot"
+"""Head name of the ``k=0`` cells: a prognostic model's own risk of the task's outcome, no label used."""
 NEIGHBOURS = 10
 _LABEL = "__label"
 
@@ -179,6 +181,7 @@ def _run_encoder(
     tick: Callable[[], None],
     predictions: HeldOutPredictions,
     neighbours: list[dict[str, Any]],
+    zero_shot: Features | None = None,
 ) -> str | None:
     """Every cell of one (task, encoder); returns why none could run, or None."""
     heads = _heads_for(config, encoder_features)
@@ -210,12 +213,16 @@ def _run_encoder(
     if feats.dense:
         lift = neighbour_lift(feats.take(train.positions), train.y, X_held, held_out.y, k=NEIGHBOURS)
         neighbours.append({"task": task_name, "encoder": encoder, **lift})
+    if zero_shot is not None:
+        p = np.asarray(zero_shot.take(held_out.positions), dtype=np.float64)[:, 0]
+        _record(results, predictions, config, held_out, p, {**_cell(task_name, encoder, ZERO_SHOT, "0", 0)},
+                group, n_train=0, n_tuning=0, params="{}", fit_seconds=0.0)  # fmt: skip
     train_orders = replicate_orders(train.y, train.groups, replicates=config.replicates, seed=config.seed)
     tuning_orders = replicate_orders(tuning.y, tuning.groups, replicates=config.replicates, seed=config.seed + 1)
     for head_name in heads:
         for k in config.ks:
             for replicate in range(1 if k == ALL else config.replicates):
-                cell = {"task": task_name, "encoder": encoder, "head": head_name, "k": str(k), "replicate": replicate}
+                cell = _cell(task_name, encoder, head_name, str(k), replicate)
                 rows = take_k(train_orders[replicate], k)
                 if rows is None:
                     few = f"train split has {train_pos} positives and {train_neg} negatives, fewer than k={k}"
@@ -237,26 +244,50 @@ def _run_encoder(
                     tick()
                     continue
                 fit_seconds = time.perf_counter() - fit_started
-                predictions.add(task_name, encoder, head_name, str(k), p)
-                scores = score(
-                    held_out.y, p, held_out.groups, n_bootstrap=config.n_bootstrap, seed=config.seed + replicate
-                )
-                metrics = {name: v for name, v in scores.as_dict().items() if name not in ("n", "n_positive")}
-                results.append(
-                    {
-                        **cell,
-                        "group": group,
-                        **metrics,
-                        "n_train": len(rows),
-                        "n_tuning": len(tune_rows),
-                        "n_held_out": scores.n,
-                        "n_held_out_positive": scores.n_positive,
-                        "params": json.dumps(model.params_, sort_keys=True, default=str),
-                        "fit_seconds": fit_seconds,
-                    }
-                )
+                _record(
+                    results, predictions, config, held_out, p, cell, group,
+                    n_train=len(rows), n_tuning=len(tune_rows),
+                    params=json.dumps(model.params_, sort_keys=True, default=str), fit_seconds=fit_seconds,
+                )  # fmt: skip
                 tick()
     return None
+
+
+def _cell(task: str, encoder: str, head: str, k: str, replicate: int) -> dict[str, Any]:
+    return {"task": task, "encoder": encoder, "head": head, "k": k, "replicate": replicate}
+
+
+def _record(
+    results: list[dict[str, Any]],
+    predictions: HeldOutPredictions,
+    config: BenchmarkConfig,
+    held_out: _SplitRows,
+    p: np.ndarray,
+    cell: dict[str, Any],
+    group: str,
+    *,
+    n_train: int,
+    n_tuning: int,
+    params: str,
+    fit_seconds: float,
+) -> None:
+    """Score one cell's held-out probabilities (patient-bootstrap CIs) and keep them for the comparisons."""
+    predictions.add(cell["task"], cell["encoder"], cell["head"], cell["k"], p)
+    scores = score(held_out.y, p, held_out.groups, n_bootstrap=config.n_bootstrap, seed=config.seed + cell["replicate"])
+    metrics = {name: v for name, v in scores.as_dict().items() if name not in ("n", "n_positive")}
+    results.append(
+        {
+            **cell,
+            "group": group,
+            **metrics,
+            "n_train": n_train,
+            "n_tuning": n_tuning,
+            "n_held_out": scores.n,
+            "n_held_out_positive": scores.n_positive,
+            "params": params,
+            "fit_seconds": fit_seconds,
+        }
+    )
 
 
 def split_counts(frame: pl.DataFrame) -> dict[str, int]:
@@ -275,10 +306,15 @@ def run_benchmark(
     splits: pl.DataFrame,
     config: BenchmarkConfig | None = None,
     *,
+    zero_shot: Mapping[str, Mapping[str, Features]] | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> BenchmarkResult:
-    """Run every cell; ``splits`` maps subject_id → split (``metadata/subject_splits.parquet``)."""
+    """Run every cell; ``splits`` maps subject_id → split (``metadata/subject_splits.parquet``).
+
+    ``zero_shot`` gives, per encoder and task, one risk per row of that encoder's features made without any
+    label (a prognostic model's probability of the outcome codes in the horizon): scored on the same held-out
+    rows as a cell of head ``zero-shot`` at ``k=0``."""
     config = config or BenchmarkConfig()
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -302,8 +338,9 @@ def run_benchmark(
         task_rows.append({"group": task.group, **labelset.summary(), **split_counts(frame)})
         for encoder, feats in features.items():
             reason = _run_encoder(
-                task.name, task.group, encoder, frame, feats, config, results, missing, tick, predictions, neighbours
-            )
+                task.name, task.group, encoder, frame, feats, config, results, missing, tick, predictions, neighbours,
+                (zero_shot or {}).get(encoder, {}).get(task.name),
+            )  # fmt: skip
             if reason is not None:
                 say(f"{task.name} / {encoder}: {reason}")
     return BenchmarkResult(

@@ -376,11 +376,13 @@ def prognosis_features(
     choice: EncoderChoice,
     keys: pl.DataFrame,
     *,
+    labelsets: Sequence[LabelSet] = (),
     ontology: Ontology | None = None,
     say: Callable[[str], None] = lambda _m: None,
-) -> tuple[Features, dict[str, Any]]:
-    """A prognostic encoder's vectors for ``keys`` (from the count inputs cut at each time), and its info:
-    input coverage of this dataset (a warning below half, an error at none), rows, seconds."""
+) -> tuple[Features, dict[str, Any], dict[str, Features]]:
+    """A prognostic encoder's vectors for ``keys`` (from the count inputs cut at each time), its info (input
+    coverage of this dataset — a warning below half, an error at none —, rows, seconds), and its zero-shot
+    risk per task of ``labelsets`` whose outcome codes are among its targets (the ``k=0`` cells)."""
     from ehrembed.predict.prognosis import PrognosisModel
 
     started = time.perf_counter()
@@ -388,7 +390,16 @@ def prognosis_features(
     coverage, warning = model.check_coverage(dataset, ontology=ontology)
     if warning:
         say(f"warning: {warning}")
-    vectors = model.encode(dataset, keys, ontology=ontology)
+    inputs = model.inputs(dataset, keys, ontology=ontology)
+    vectors = model.vectors_from_inputs(inputs)
+    zero_shot: dict[str, Features] = {}
+    for labelset in labelsets:
+        task = labelset.task
+        if task.outcome.rule != "codes" or not labelset.outcome_codes:
+            continue
+        risk = model.window_risk(inputs, labelset.outcome_codes, task.horizon.start_days, task.horizon.end_days)
+        if risk is not None:
+            zero_shot[task.name] = Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), risk[:, None])
     seconds = time.perf_counter() - started
     info = {
         "encoder": f"prognosis:{model.method}",
@@ -400,7 +411,9 @@ def prognosis_features(
         "coverage": round(coverage, 4),
         "dim": model.dim,
     }
-    return Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), vectors), info
+    if zero_shot:
+        info["zero_shot_tasks"] = sorted(zero_shot)
+    return Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), vectors), info, zero_shot
 
 
 def check_fusions(choices: Sequence[EncoderChoice]) -> None:
@@ -480,6 +493,7 @@ def benchmark_dataset(
     features: dict[str, EncoderFeatures] = {}
     encoding = dict(encoding or {})
     counts: Features | None = None
+    zero_shot: dict[str, dict[str, Features]] = {}
     for choice in sorted(choices, key=lambda c: c.fuse is not None):  # fusions last: they reuse the others
         started = time.perf_counter()
         if (choice.is_count or choice.fuse is not None) and counts is None:
@@ -492,8 +506,8 @@ def benchmark_dataset(
             train = dataset.splits().filter(pl.col(s.SPLIT) == s.Split.TRAIN.value).get_column(s.SUBJECT_ID)
             features[choice.name] = fuse(counts, features[choice.fuse], choice.name, train.to_numpy())
         elif (embeddings or {}).get(choice.name) is None and is_prognosis_source(choice):
-            features[choice.name], encoding[choice.name] = prognosis_features(
-                dataset, choice, keys, ontology=ontology, say=say
+            features[choice.name], encoding[choice.name], zero_shot[choice.name] = prognosis_features(
+                dataset, choice, keys, labelsets=labelsets, ontology=ontology, say=say
             )
         else:
             emb = (embeddings or {}).get(choice.name)
@@ -519,6 +533,7 @@ def benchmark_dataset(
         features,
         dataset.splits(),
         config.benchmark,
+        zero_shot=zero_shot,
         progress=_stage(progress, "few-shot cells"),
         say=say,
     )

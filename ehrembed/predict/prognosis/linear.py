@@ -2,9 +2,10 @@
 
 - ``svd``: the inputs' top right singular vectors (no targets: what counts alone give at this size);
 - ``rrr``: reduced-rank ridge regression from the inputs to the targets' occurrence within each horizon
-  (a cell whose record ends before the horizon without the target is filled with its column's train
-  mean), the ridge penalty chosen on the validation subjects, then the fitted values' top ``dim``
-  directions: ``projection = B · V_dim``.
+  and before the end of the record (a cell whose record ends before the horizon without the target is
+  filled with its column's train mean; the last block keeps cohorts whose events lie beyond every
+  horizon from giving constant targets), the ridge penalty chosen on the validation subjects, then the
+  fitted values' top ``dim`` directions: ``projection = B · V_dim``.
 Both work in the span of a truncated SVD of the inputs, so they cost seconds at a few thousand columns.
 """
 
@@ -33,12 +34,13 @@ def svd_projection(inputs: sp.csr_matrix, dim: int, seed: int = 0) -> np.ndarray
 
 
 def occurrence_matrix(times: TargetTimes, horizons: tuple[float, ...], fill: np.ndarray | None = None) -> np.ndarray:
-    """Occurrence within each horizon, ``(rows, targets × horizons)``; unknown cells take ``fill`` (the known
-    cells' column means when None)."""
+    """Occurrence within each horizon, then at all before the end of the record: ``(rows, targets × (horizons
+    + 1))``; unknown cells take ``fill`` (the known cells' column means when None)."""
     blocks = []
     for h in horizons:
         label, known = times.occurred_within(h)
         blocks.append(np.where(known, label.astype(np.float32), np.nan))
+    blocks.append(times.event.astype(np.float32))
     y = np.concatenate(blocks, axis=1)
     if fill is None:
         fill = np.nan_to_num(np.nanmean(y, axis=0), nan=0.0)
@@ -52,12 +54,16 @@ def rrr_projection(
     dim: int,
     *,
     validation: np.ndarray,
+    standardize: bool = True,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """``(n_inputs, dim)`` reduced-rank ridge map and its figures (chosen penalty, validation MSE);
     ``validation`` marks the rows that choose the penalty (fitted on the others, then refitted on all)."""
     fit_rows, val_rows = np.flatnonzero(~validation), np.flatnonzero(validation)
     y_all = occurrence_matrix(times, horizons)
+    if standardize:  # rare targets weigh as much as common ones
+        spread = y_all[fit_rows].std(axis=0)
+        y_all = y_all / np.where(spread > 1e-6, spread, 1.0)[None, :]
     mean = y_all[fit_rows].mean(axis=0)
     scores: dict[float, float] = {}
     u, sv, vt = _svd(inputs[fit_rows], MAX_RANK, seed)

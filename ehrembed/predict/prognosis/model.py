@@ -22,7 +22,7 @@ dataset the model can read.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir
 from ehrembed.predict.features import DEFAULT_BINS_DAYS, count_features
 from ehrembed.predict.ontology import Ontology
-from ehrembed.predict.prognosis.losses import occurrence_probability
+from ehrembed.predict.prognosis.losses import bin_exposure, occurrence_probability
 
 FORMAT = "ehrembed-prognosis"
 FORMAT_VERSION = 1
@@ -56,6 +56,8 @@ LOW_COVERAGE = 0.5
 Method = Literal["tte", "horizons", "rrr", "svd", "untrained"]
 METHODS: tuple[str, ...] = ("tte", "horizons", "rrr", "svd", "untrained")
 NETWORK_METHODS = frozenset({"tte", "horizons", "untrained"})
+READOUT_HORIZON_DAYS = 365.0
+"""The horizon of the network's readout (its predicted log cumulative hazards)."""
 
 
 class PrognosisError(InputError):
@@ -122,6 +124,8 @@ class PrognosisModel:
     output_scale: float = 1.0
     net: PrognosisNet | None = None
     projection: np.ndarray | None = None
+    readout: tuple[np.ndarray, np.ndarray] | None = None
+    """(mean, basis): the network's readout over its predicted log hazards (None: the bottleneck)."""
     path: Path | None = None
     bins_days: tuple[float, ...] = DEFAULT_BINS_DAYS
     _known: frozenset[str] | None = field(default=None, repr=False)
@@ -144,18 +148,42 @@ class PrognosisModel:
 
     # --- vectors -----------------------------------------------------------------------------------
     def vectors_from_inputs(self, inputs: sp.csr_matrix, batch_size: int = 1024) -> np.ndarray:
-        """Vectors for transformed input rows (:func:`transform_inputs`)."""
+        """Vectors for transformed input rows (:func:`transform_inputs`).
+
+        A linear method's vector is ``inputs @ projection``. A network's is its bottleneck, or, with a
+        ``readout`` (``readout_mean``, ``readout_basis``), its predicted log cumulative hazards at 365 days
+        (one per target) centred and projected on their principal directions, so the vector's large
+        directions are the ones along which predicted futures differ most."""
         if self.projection is not None:
             out = np.asarray(inputs @ self.projection, dtype=np.float32)
         else:
-            assert self.net is not None
-            self.net.eval()
-            parts = []
-            with torch.inference_mode():
-                for start in range(0, inputs.shape[0], batch_size):
-                    parts.append(self.net.encode(to_tensor(inputs[start : start + batch_size])).numpy())
+            parts = [
+                self.net_vectors(inputs[start : start + batch_size]) for start in range(0, inputs.shape[0], batch_size)
+            ]
             out = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
         return (out * self.output_scale).astype(np.float32)
+
+    def net_vectors(self, rows: sp.csr_matrix) -> np.ndarray:
+        assert self.net is not None
+        self.net.eval()
+        with torch.inference_mode():
+            if self.readout is None:
+                return self.net.encode(to_tensor(rows)).numpy()
+            hazards = self.log_cumulative_hazard(rows)
+            return ((hazards - self.readout[0]) @ self.readout[1].T).astype(np.float32)
+
+    def log_cumulative_hazard(self, rows: sp.csr_matrix, horizon_days: float = READOUT_HORIZON_DAYS) -> np.ndarray:
+        """log Λ(horizon) per target (time-to-event), or the log-odds at the nearest horizon (horizon models)."""
+        assert self.net is not None
+        with torch.inference_mode():
+            out = self.net(to_tensor(rows))[1]
+            if self.method == "horizons":
+                horizons = list(self.config["horizons_days"])
+                fit = [i for i, h in enumerate(horizons) if h >= horizon_days] or [len(horizons) - 1]
+                return out[..., fit[0]].numpy()
+            edges = self.config["time_bins_days"]
+            exposure = bin_exposure(torch.full(out.shape[:-1], float(horizon_days)), edges)
+            return torch.log((torch.exp(out) * exposure).sum(-1) + 1e-12).numpy()
 
     def inputs(self, dataset: MedsDataset, keys: pl.DataFrame, *, ontology: Ontology | None = None) -> sp.csr_matrix:
         """Transformed inputs for (subject_id, prediction_time) rows: counts cut at each time, frozen columns."""
@@ -223,6 +251,24 @@ class PrognosisModel:
             fit = [i for i, h in enumerate(horizons) if h >= horizon_days] or [len(horizons) - 1]
             return torch.sigmoid(out[..., fit[0]]).numpy()
 
+    def window_risk(
+        self, inputs: sp.csr_matrix, codes: Collection[str], start_days: float, end_days: float
+    ) -> np.ndarray | None:
+        """Zero-shot risk that any of ``codes`` (among the targets) occurs in ``(start_days, end_days]`` after
+        each row's time: the largest over those targets of ``S(start) - S(end)`` (time-to-event), or of the
+        horizon probability at ``end_days``. None when no code is a target or the model has no risk head."""
+        columns = [i for i, code in enumerate(self.target_codes) if code in set(codes)]
+        if not columns or not self.has_risk_head:
+            return None
+        parts = []
+        for start in range(0, inputs.shape[0], 1024):
+            rows = inputs[start : start + 1024]
+            late = self.risk_from_inputs(rows, end_days)[:, columns]
+            if self.method == "tte" and start_days > 0:
+                late = late - self.risk_from_inputs(rows, start_days)[:, columns]
+            parts.append(late.max(axis=1))
+        return np.concatenate(parts).astype(np.float32)
+
     # --- folder ------------------------------------------------------------------------------------
     def save(self, folder: Path, *, card: str | None = None, overwrite: bool = True) -> Path:
         tensors: dict[str, torch.Tensor] = {
@@ -233,6 +279,9 @@ class PrognosisModel:
             tensors["projection"] = torch.from_numpy(np.ascontiguousarray(self.projection, dtype=np.float32))
         if self.net is not None:
             tensors |= {f"net.{k}": v.detach().contiguous().clone() for k, v in self.net.state_dict().items()}
+        if self.readout is not None:
+            tensors["readout_mean"] = torch.from_numpy(np.ascontiguousarray(self.readout[0], dtype=np.float32))
+            tensors["readout_basis"] = torch.from_numpy(np.ascontiguousarray(self.readout[1], dtype=np.float32))
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config}
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
@@ -270,6 +319,9 @@ class PrognosisModel:
             net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")})
             net.eval()
         projection = tensors["projection"].numpy() if "projection" in tensors else None
+        readout = None
+        if "readout_basis" in tensors:
+            readout = (tensors["readout_mean"].numpy(), tensors["readout_basis"].numpy())
         return cls(
             config=config,
             columns=tuple(inputs["columns"]),
@@ -278,6 +330,7 @@ class PrognosisModel:
             output_scale=float(tensors["output_scale"][0]),
             net=net,
             projection=projection,
+            readout=readout,
             path=folder,
             bins_days=tuple(inputs["bins_days"]),
         )
@@ -294,7 +347,7 @@ def build_net(config: dict[str, Any], n_inputs: int, n_targets: int) -> Prognosi
         n_targets,
         n_outputs(config),
         hidden=int(config["hidden"]),
-        dim=int(config["dim"]),
+        dim=int(config.get("bottleneck", config["dim"])),
         dropout=float(config.get("dropout", 0.1)),
     )
 

@@ -5,7 +5,10 @@ clinical code and each of its ontology ancestors is a candidate; a candidate's p
 frequency ``p`` is the share of train subjects whose record has it, and candidates are ranked by the
 entropy ``-p·log p - (1-p)·log(1-p)`` (CLMBR's rule: codes that split patients best come first; a
 code everybody or nobody has teaches little). The top ``max_targets`` with at least ``min_subjects``
-subjects are kept, in that order, frozen with the model.
+subjects are kept, in that order, frozen with the model. An ancestor concept that occurs at exactly the
+same (subject, time) pairs as a target ranked before it is dropped (OMOP concepts have dozens of ancestors,
+most of which only ever copy one recorded code: without this, 996 of Eunomia's 1,000 targets were such
+copies of a handful of common codes); at equal rank a recorded code goes before an ancestor concept.
 
 **Exclusion** (the leakage ablation): excluded codes and their descendants never make a target
 occur — their events are removed before target times are computed, so an ancestor target (e.g.
@@ -108,22 +111,44 @@ def select_targets(
         return []
     pairs = events.select(s.SUBJECT_ID, s.CODE).unique()
     expansion = _expansion(pairs.get_column(s.CODE).unique().to_list(), ontology)
-    per_target = (
-        pairs.join(expansion, on=s.CODE)
-        .filter(~pl.col("__target").is_in(list(exclude)))
-        .select(s.SUBJECT_ID, "__target")
+    occurrences = (
+        events.select(s.SUBJECT_ID, s.TIME, s.CODE)
         .unique()
-        .group_by("__target")
-        .agg(pl.len().alias("__n"))
-        .filter(pl.col("__n") >= min_subjects)
+        .join(expansion, on=s.CODE)
+        .filter(~pl.col("__target").is_in(list(exclude)))
+        .select(s.SUBJECT_ID, s.TIME, "__target")
+        .unique()
     )
-    out = []
-    for code, count in per_target.iter_rows():
+    per_target = (
+        occurrences.sort(s.SUBJECT_ID, s.TIME)
+        .group_by("__target")
+        .agg(
+            pl.col(s.SUBJECT_ID).n_unique().alias("__n"),
+            # what the target's timeline looks like: two targets that occur at exactly the same times are one
+            pl.concat_str(pl.col(s.SUBJECT_ID).cast(pl.String), pl.col(s.TIME).cast(pl.String), separator="@")
+            .sort()
+            .str.join("|")
+            .alias("__at"),
+        )
+        .filter(pl.col("__n") >= min_subjects)
+        .with_columns(pl.col("__at").hash(seed=0).alias("__same"))
+    )
+    recorded = set(pairs.get_column(s.CODE).to_list())
+    out: list[Target] = []
+    seen: set[int] = set()
+    ranked = []
+    for code, count, _at, same in per_target.iter_rows():
         p = min(count / n, 1.0)
         entropy = 0.0 if p >= 1.0 else -(p * math.log(p) + (1 - p) * math.log(1 - p))
-        out.append(Target(code, int(count), entropy))
-    out.sort(key=lambda t: (-t.entropy, t.code))
-    return out[:max_targets]
+        ranked.append((-entropy, code not in recorded, code, int(count), entropy, int(same)))
+    for _neg, ancestor, code, count, entropy, same in sorted(ranked):
+        if ancestor and same in seen:  # an ancestor that only copies a code kept before teaches nothing new
+            continue
+        seen.add(same)
+        out.append(Target(code, count, entropy))
+        if len(out) >= max_targets:
+            break
+    return out
 
 
 def target_times(

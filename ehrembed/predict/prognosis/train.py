@@ -86,6 +86,10 @@ class PretrainConfig:
     weight_decay: float = 1e-2
     validation_fraction: float = 0.1
     exclude_codes: tuple[str, ...] = ()
+    readout: str = "pca"
+    """A network's vector: ``pca`` (principal directions of its predicted log hazards) or ``bottleneck``."""
+    standardize_targets: bool = False
+    """RRR: each target column scaled to unit variance first, so rare targets weigh as much as common ones."""
     seed: int = 0
     name: str | None = None
 
@@ -97,6 +101,8 @@ class PretrainConfig:
                 raise PrognosisError(f"{key} must be at least 1, got {getattr(self, key)}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise PrognosisError(f"validation_fraction must lie in (0, 0.5), got {self.validation_fraction}")
+        if self.readout not in ("pca", "bottleneck"):
+            raise PrognosisError(f"readout must be pca or bottleneck, got {self.readout!r}")
         if not self.horizons_days or any(h <= 0 for h in self.horizons_days):
             raise PrognosisError(f"horizons must be positive day counts, got {list(self.horizons_days)}")
 
@@ -341,6 +347,18 @@ def _train_network(
     return net, figures
 
 
+def readout_pca(model: PrognosisModel, inputs: sp.csr_matrix, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, basis ``(dim, n_targets)``): principal directions of the network's predicted log hazards on
+    the fit rows (see :meth:`PrognosisModel.vectors_from_inputs`)."""
+    hazards = np.concatenate(
+        [model.log_cumulative_hazard(inputs[start : start + 1024]) for start in range(0, inputs.shape[0], 1024)]
+    ).astype(np.float64)
+    mean = hazards.mean(axis=0)
+    rank = max(1, min(dim, min(hazards.shape) - 1))
+    basis = np.linalg.svd(hazards - mean, full_matrices=False)[2][:rank]
+    return mean.astype(np.float32), basis.astype(np.float32)
+
+
 def validation_auroc(model: PrognosisModel, data: _Data, horizon_days: float = 365.0) -> float | None:
     """Mean AUROC over targets of the risk head's "occurs within the horizon" on the validation points
     (known cells only; targets with one class there are left out)."""
@@ -411,6 +429,7 @@ def pretrain(
         "exclude_codes": list(config.exclude_codes),
         "name": config.name or out.name,
     }
+    model_config["bottleneck"] = config.dim  # the network's; "dim" becomes the vector's (a readout may be smaller)
     model_config["time_bins_days"] = time_bin_edges(data.times, fit_rows, config.time_bins)
     model_config["data"] = {
         "dataset": dataset.name,
@@ -431,9 +450,18 @@ def pretrain(
         model.projection = svd_projection(data.inputs[fit_rows], config.dim, config.seed)
     else:
         model.projection, rrr = rrr_projection(
-            data.inputs, data.times, config.horizons_days, config.dim, validation=data.validation, seed=config.seed
+            data.inputs,
+            data.times,
+            config.horizons_days,
+            config.dim,
+            validation=data.validation,
+            standardize=config.standardize_targets,
+            seed=config.seed,
         )
         figures["rrr"] = rrr
+    if model.net is not None and config.readout == "pca":
+        model.readout = readout_pca(model, data.inputs[fit_rows], config.dim)
+        model_config["dim"] = int(model.readout[1].shape[0])
     if model.projection is not None:
         model_config["dim"] = int(model.projection.shape[1])
     model.output_scale = 1.0
