@@ -12,13 +12,16 @@ Powered by default: every positive patient of every task (one time each) plus on
 size, because count and prognosis features cost milliseconds per row.
 
 Run ``.venv/bin/python bench/prognosis.py DATASET --tasks FILES... [--methods tte,rrr,svd,untrained,tte-excl]
-[--models DIR] [--name NAME]``; figures to ``bench/results/prognosis_{NAME}.json``.
+[--models DIR] [--name NAME]``; figures to ``bench/results/prognosis_{NAME}.json``;
+``bench/prognosis.py --table bench/results/prognosis_NAME.json`` prints them as the Markdown tables of
+``docs/prognosis.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, save
 
 
+def markdown(figures: dict, heads: tuple[str, ...] = ("logistic", "lightgbm")) -> str:
+    """The saved figures as Markdown tables: macro AUROC per encoder and k (95% CI at k=all), per head; the
+    pretraining figures; the neighbour lift (what ``docs/prognosis.md`` shows)."""
+    table = pl.DataFrame(figures["macro_auroc"])
+    ks = sorted(set(table.get_column("k")), key=lambda k: float("inf") if k == "all" else float(k))
+    lines = []
+    zero = {r["encoder"]: r for r in figures["macro_auroc"] if r["head"] == "zero-shot"}
+    for head in heads:
+        part = table.filter(pl.col("head") == head)
+        if part.is_empty():
+            continue
+        shown = [k for k in ks if k != "0"]
+        lines += [f"| {head} | " + " | ".join(f"k={k}" for k in ["0", *shown]) + " |", "|---" * (len(shown) + 2) + "|"]
+        for encoder in dict.fromkeys(part.get_column("encoder").to_list()):
+            rows = {r["k"]: r for r in part.filter(pl.col("encoder") == encoder).to_dicts()}
+            cells = [f"{zero[encoder]['auroc']:.3f}" if encoder in zero else "–"]
+            for k in shown:
+                r = rows.get(k)
+                if r is None or r["auroc"] is None:
+                    cells.append("–")
+                elif k == "all":
+                    cells.append(f"{r['auroc']:.3f} ({r['auroc_lo']:.2f}–{r['auroc_hi']:.2f})")
+                else:
+                    cells.append(f"{r['auroc']:.3f}")
+            lines.append(f"| {encoder} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lift = pl.DataFrame(figures["neighbours"]).group_by("encoder").agg(pl.col("lift").mean()).sort("encoder")
+    lines += [
+        "| encoder | mean neighbour outcome lift (10 nearest train neighbours of held-out positives) |",
+        "|---|---|",
+    ]
+    lines += [f"| {e} | {v:.2f} |" for e, v in lift.iter_rows()]
+    lines += [
+        "",
+        "| pretrained | seconds | targets excluded | validation AUROC of 365-day risks |",
+        "|---|---|---|---|",
+    ]
+    for method, f in figures["pretrain"].items():
+        auroc = f.get("validation_auroc_365d")
+        lines.append(
+            f"| {method} | {f['seconds']} | {f['excluded_codes']} | {'–' if auroc is None else f'{auroc:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # print a saved run's tables
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.predict.benchmark import BenchmarkConfig
     from ehrembed.predict.compare import macro_auroc_ci, wins_ties_losses

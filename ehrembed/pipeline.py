@@ -5,18 +5,22 @@ Stages, each timed and each reusing its finished output on a re-run (``fresh`` r
 1. **ingest** Eunomia (or use ``dataset``) as MEDS, register it, describe it, serialize one record;
 2. **label** the tasks, then keep a case-cohort sample of prediction times the CPU can embed
    (:func:`ehrembed.predict.job.case_cohort_keys`);
-3. **teacher**: embed those records with the LLM teacher, each task's times with the task's
+3. **pretrain** the prognostic encoder on the train split's own timelines (:mod:`ehrembed.predict.prognosis`;
+   no task, no label);
+4. **teacher**: embed those records with the LLM teacher, each task's times with the task's
    question in the instruction (:mod:`ehrembed.encoders.instructions`; content-addressed cache: a
    killed run resumes where it stopped), and, with ``guidelines``, again with guideline passages
    appended (the knowledge base is built once under the data home);
-4. **distill** the teacher into the BERT student on the train-split rows (targets: each record's
-   teacher vectors averaged over the task instructions; a base-retention term keeps the student's
-   own similarity structure; the epoch is chosen by tuning-split overlap@10 with the teacher);
-5. **student**: embed with the undistilled and the distilled student;
-6. **index** the distilled student's vectors for similar-patient search;
-7. **benchmark** count baseline, undistilled student, teacher (± guidelines), distilled student and
-   the fusions ``count+student`` / ``count+teacher`` / ``count+distilled`` with LightGBM, logistic
-   and kNN heads over the few-shot ks, and write the report.
+5. **distill** the teacher (or, with the ``prognostic`` recipe, the prognostic encoder) into the BERT
+   student on the train-split rows (targets: each record's teacher vectors averaged over the task
+   instructions; a base-retention term keeps the student's own similarity structure; the epoch is
+   chosen by tuning-split overlap@10 with the teacher);
+6. **student**: embed with the undistilled and the distilled student;
+7. **index** the distilled student's vectors for similar-patient search;
+8. **benchmark** count baseline, undistilled student, teacher (± guidelines), distilled student, the
+   prognostic encoder (with its ``k=0`` zero-shot cells) and the fusions ``count+student`` /
+   ``count+teacher`` / ``count+distilled`` / ``count+prognosis`` with LightGBM, logistic and kNN heads
+   over the few-shot ks, and write the report.
 """
 
 from __future__ import annotations
@@ -93,11 +97,15 @@ class MainJobConfig:
     """What the student learns from: the teacher vectors of the case-cohort sample (``sample``), or of
     every patient's whole record (``all``: one more teacher pass over the dataset, each record with one
     task's question in turn)."""
-    distill_recipe: Literal["embedding", "soft-labels"] = "embedding"
+    distill_recipe: Literal["embedding", "soft-labels", "prognostic"] = "embedding"
     """``embedding``: the student learns the teacher's vectors (keeping its base). ``soft-labels`` adds the
     CKD-EHR term: a head on the student learns the sample's train labels mixed 0.9 / 0.1 with the frozen
     teacher's cross-fitted probabilities. The student then has seen every train label of the sample, so
-    its few-shot cells are not few-shot: compare it at k = all."""
+    its few-shot cells are not few-shot: compare it at k = all. ``prognostic``: the student learns the prognostic
+    encoder's vectors of the same records instead of the teacher's (text in, the record's likely future out)."""
+    prognosis: bool = True
+    """Pretrain the prognostic encoder on the train split (a stage of its own) and benchmark ``prognosis`` and
+    ``count+prognosis``."""
     ks: tuple[int | str, ...] = MAIN_JOB_KS
     replicates: int = 3
     heads: tuple[str, ...] = ("lightgbm", "logistic", "knn")
@@ -105,6 +113,8 @@ class MainJobConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.distill_recipe == "prognostic" and not self.prognosis:
+            raise InputError("the prognostic distillation recipe needs the prognostic encoder: drop --no-prognosis")
         if self.distill_recipe == "soft-labels" and self.distill_records != "sample":
             raise InputError(
                 "the soft-label recipe learns the sample's labels, which fall on the sample's records: "
@@ -262,6 +272,38 @@ def _distill(
     return out
 
 
+def _pretrain(config: MainJobConfig, dataset: MedsDataset, out: Path, say: Say, progress: Progress | None) -> Path:
+    """The prognostic encoder, pretrained on the train split; reused when made from the same data and settings."""
+    from ehrembed.predict.prognosis.model import is_prognosis_folder
+    from ehrembed.predict.prognosis.train import PretrainConfig, pretrain
+
+    settings = PretrainConfig(seed=config.seed, name="prognosis")
+    made_from = {"dataset": str(dataset.root), "config": dataclasses.asdict(settings)}
+    source = out.with_name(out.name + ".made-from.json")
+    same = source.exists() and json.loads(source.read_text()) == json.loads(json.dumps(made_from))
+    if is_prognosis_folder(out) and not config.fresh and same:
+        say(f"pretrain: reusing {out} (same dataset and settings)")
+        return out
+    result = pretrain(
+        dataset,
+        out,
+        settings,
+        say=say,
+        progress=None if progress is None else (lambda d, t: progress("pretraining (prognosis)", d, t)),
+    )
+    atomic_write_text(source, json.dumps(made_from) + "\n")
+    from ehrembed.services.prognosis import record_prognosis
+
+    with catalog() as session:  # `GET /v1/patients/{id}/outlook` finds it here
+        record_prognosis(session, out, dataset, method=settings.method)
+    auroc = result.figures.get("validation_auroc_365d")
+    say(
+        f"pretrain: {len(result.model.targets):,} targets, {result.model.dim}-d vectors"
+        + (f", validation AUROC of its 365-day risks {auroc:.3f}" if auroc is not None else "")
+    )
+    return out
+
+
 def _sampled_labels(
     config: MainJobConfig, dataset: MedsDataset, tasks: Sequence[TaskSpec], say: Say, progress: Progress | None
 ) -> tuple[list[LabelSet], dict[str, str]]:
@@ -286,6 +328,26 @@ def _sampled_labels(
         f"({', '.join(f'{ls.task.name} {len(ls)}/{ls.n_positive}+' for ls in labelsets)})"
     )
     return labelsets, skipped
+
+
+def _prognostic_targets(
+    dataset: MedsDataset, teacher: EmbeddingSet | Mapping[str, EmbeddingSet], model_dir: Path, out: Path
+) -> tuple[EmbeddingSet, Path]:
+    """The prognostic encoder's vectors of the records the teacher embedded (each record once): what the
+    ``prognostic`` recipe's student learns instead of the teacher's vectors."""
+    from ehrembed.predict.prognosis import PrognosisModel
+    from ehrembed.predict.prognosis.model import embedding_set
+
+    sets = [teacher] if isinstance(teacher, EmbeddingSet) else list(teacher.values())
+    keys = (
+        pl.concat([e.rows() for e in sets])
+        .unique()
+        .sort(s.SUBJECT_ID, "prediction_time")
+        .select(pl.col(s.SUBJECT_ID).cast(pl.Int64), pl.col("prediction_time").cast(pl.Datetime("us")))
+    )
+    vectors = embedding_set(PrognosisModel.load(model_dir), dataset, keys)
+    vectors.save(out)
+    return EmbeddingSet.load(out), out
 
 
 def _every_record_targets(
@@ -337,15 +399,18 @@ def _benchmark(
     from ehrembed.predict.benchmark import BenchmarkConfig
     from ehrembed.predict.job import BenchmarkJobConfig, benchmark_dataset
 
+    prognosis = (f"prognosis={out / 'models' / 'prognosis'}",) if config.prognosis else ()
     encoders = (
         "count",
         "student",
         "teacher",
         *(("teacher+guidelines",) if config.guidelines else ()),
         "distilled",
+        *prognosis,
         "count+student",
         "count+teacher",
         "count+distilled",
+        *(("count+prognosis",) if config.prognosis else ()),
     )
     job = BenchmarkJobConfig(
         encoders=encoders,
@@ -406,6 +471,9 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
 
     tasks = resolve_tasks(list(config.tasks), predicates=config.predicates)
     labelsets, skipped = clock.run("label", lambda: _sampled_labels(config, dataset, tasks, say, progress))
+    prognosis_dir = out / "models" / "prognosis"
+    if config.prognosis:
+        clock.run("pretrain", lambda: _pretrain(config, dataset, prognosis_dir, say, progress))
 
     # --- embeddings ----------------------------------------------------------------------------
     emb_dir = out / "embeddings"
@@ -458,6 +526,8 @@ def run_main_job(config: MainJobConfig, say: Say = lambda _m: None, progress: Pr
             _every_record_targets, config, dataset, labelsets, emb_dir, teacher_encoder, say, progress
         )
         targets, targets_dir = clock.run("teacher (every record)", every_record), emb_dir / "distill-teacher"
+    if config.distill_recipe == "prognostic":
+        targets, targets_dir = _prognostic_targets(dataset, targets, prognosis_dir, emb_dir / "prognosis-targets")
     labels = labels_frame(labelsets)
     clock.run("distill", lambda: _distill(config, dataset, targets, targets_dir, models, say, labels))
     clock.run("student", lambda: embed("student", config.student or "student"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -110,6 +111,7 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     for stage in (
         "ingest",
         "label",
+        "pretrain",
         "teacher",
         "guidelines",
         "teacher+guidelines",
@@ -121,10 +123,14 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
         assert f"\n{stage} " in first.stdout, stage
     report = (out / "report" / "report.md").read_text()
     for encoder in (
-        "count", "student", "teacher", "teacher+guidelines", "distilled", "count+student", "count+teacher",
-        "count+distilled",
+        "count", "student", "teacher", "teacher+guidelines", "distilled", "prognosis", "count+student",
+        "count+teacher", "count+distilled", "count+prognosis",
     ):  # fmt: skip
         assert f"| {encoder} |" in report, encoder
+    # the prognostic encoder, pretrained on the train split, answers the new-diagnosis tasks zero-shot (k=0)
+    assert (out / "models" / "prognosis" / "prognosis.json").is_file()
+    zero = pl.read_parquet(out / "report" / "results.parquet").filter(pl.col("k") == "0")
+    assert set(zero.get_column("encoder")) == {"prognosis"} and set(zero.get_column("head")) == {"zero-shot"}
     assert "long_los: 1037 labels but no positives" in report
     assert (out / "stats.json").exists() and list(out.glob("record_*.md"))
     stages = json.loads((out / "report" / "run.json").read_text())["main_job_seconds"]
@@ -146,7 +152,7 @@ def test_main_job_end_to_end_on_tiny_models(tmp_path: Path, tiny_qwen2_dir: Path
     assert sum(len(EmbeddingSet.load(p.parent)) for p in parts) == 2694
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert "reusing" in second.stderr and "distill: reusing" in second.stderr
+    assert "reusing" in second.stderr and "distill: reusing" in second.stderr and "pretrain: reusing" in second.stderr
     assert "from cache" in (out / "report" / "report.md").read_text()
     # the soft-label (CKD-EHR) recipe: a new student (other recipe), taught the sample's train labels too
     soft = runner.invoke(app, [*args[:-2], "--distill-records", "sample", "--distill-recipe", "soft-labels"])

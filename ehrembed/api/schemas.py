@@ -104,6 +104,23 @@ class RecordOut(BaseModel):
     record: str
 
 
+class OutlookItemOut(BaseModel):
+    code: str
+    description: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class OutlookOut(BaseModel):
+    """A patient's most likely new codes within a horizon, from the dataset's prognostic model (no label used)."""
+
+    dataset: str
+    subject_id: int
+    as_of: dt.datetime
+    horizon_days: int
+    model: str
+    items: list[OutlookItemOut]
+
+
 class EmbeddingsIn(_Body):
     """Vectors for stored subjects (as of a time, default each one's last event) or inline record texts."""
 

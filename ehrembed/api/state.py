@@ -37,9 +37,11 @@ from ehrembed.encoders.cache import EmbeddingCache
 from ehrembed.encoders.job import AsOf, default_cache_dir
 from ehrembed.predict.fitted import CARD_FILE, FittedHead, embed_for_head, load_fitted
 from ehrembed.predict.ontology import Ontology
+from ehrembed.predict.prognosis import PrognosisModel
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients
+from ehrembed.services.prognosis import recorded_prognosis
 from ehrembed.settings import Settings
 from ehrembed.store.audit_writer import AuditWriter
 from ehrembed.store.catalog import register_meds
@@ -234,6 +236,7 @@ class ServiceState:
         self.kb: GuidelineKB | None = None
         self.augmenter: GuidelineAugmenter | None = None
         self._caches: dict[Path, EmbeddingCache] = {}
+        self._prognosis: dict[tuple[Path, int], PrognosisModel] = {}
         self.ready = False
         self._lock = threading.Lock()
 
@@ -361,6 +364,18 @@ class ServiceState:
             with self._lock:
                 handle = self.datasets.setdefault(name, handle)
         return handle
+
+    def prognosis(self, name: str) -> PrognosisModel:
+        """The dataset's current prognostic model (:func:`~ehrembed.services.prognosis.recorded_prognosis`),
+        loaded once per folder and weights file."""
+        with self.session() as session:
+            folder = recorded_prognosis(session, name)
+        key = (folder, Path(folder, "model.safetensors").stat().st_mtime_ns)
+        with self._lock:
+            model = self._prognosis.get(key)
+            if model is None:
+                model = self._prognosis[key] = PrognosisModel.load(folder)
+        return model
 
     def reload_index(self, name: str) -> dict[str, Any]:
         """Load the newest recorded index of a dataset and swap it in; requests in flight keep the old one."""

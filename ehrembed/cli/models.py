@@ -117,6 +117,9 @@ def embed_cmd(
     from ehrembed.store.db import catalog
 
     when = parse_time(as_of, "--as-of")
+    if (Path(encoder).expanduser() / "prognosis.json").is_file():
+        _embed_prognosis(dataset, Path(encoder).expanduser(), out, when, limit, as_json)
+        return
     with user_errors():
         ds = MedsDataset.open(dataset)
         kwargs: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
@@ -166,6 +169,55 @@ def embed_cmd(
         out_console.print(f"  {data['truncated_records']:,} records were cut to fit the token window (oldest first)")
     for reason, n in data["skipped"].items():
         out_console.print(f"  skipped {n:,}: {reason}")
+
+
+def _embed_prognosis(dataset: Path, model_dir: Path, out: Path, when: Any, limit: int | None, as_json: bool) -> None:
+    """``embed --encoder PROGNOSIS_DIR``: one prognostic vector per subject, as of ``when`` or its last event."""
+    import time
+
+    import polars as pl
+
+    from ehrembed.ehr.meds import MedsDataset
+    from ehrembed.predict.ontology import Ontology
+    from ehrembed.predict.prognosis import PrognosisModel
+    from ehrembed.predict.prognosis.model import embedding_set
+    from ehrembed.predict.prognosis.points import END_OF_RECORD, record_ends
+    from ehrembed.services.embeddings import record_embeddings
+    from ehrembed.store.db import catalog
+
+    with user_errors():
+        started = time.perf_counter()
+        ds = MedsDataset.open(dataset)
+        model = PrognosisModel.load(model_dir)
+        ontology = Ontology.from_dataset(ds)
+        coverage, warning = model.check_coverage(ds, ontology=ontology)
+        if warning:
+            err_console.print(f"[yellow]warning:[/] {warning}")
+        subjects = ds.subject_ids()[:limit] if limit else None
+        ends = record_ends(ds, subjects)
+        keys = ends.select(
+            pl.col("subject_id"),
+            (pl.lit(when, dtype=pl.Datetime("us")) if when is not None else pl.col(END_OF_RECORD)).alias(
+                "prediction_time"
+            ),
+        )
+        written = embedding_set(model, ds, keys, ontology=ontology)
+        written.save(out)
+        with catalog() as session:
+            record_embeddings(session, ds, out, encoder=str(model_dir))
+    data = {
+        "rows": len(written),
+        "dim": written.dim,
+        "coverage": round(coverage, 4),
+        "seconds": time.perf_counter() - started,
+    }
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(
+        f"[green]wrote[/] {out}: {data['rows']:,} prognostic vectors of dim {written.dim} "
+        f"(input coverage {coverage:.0%}) in {data['seconds']:.1f}s"
+    )
 
 
 def _embed_on_ray(
@@ -401,7 +453,11 @@ def pretrain_cmd(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 say=lambda m: err_console.print(m),
             )
-        record_artifact("model", out.name, out, {"kind": "prognosis", "method": method}, ds.name, ds.root)
+        from ehrembed.services.prognosis import record_prognosis
+        from ehrembed.store.db import catalog
+
+        with catalog() as session:  # `GET /v1/patients/{id}/outlook` finds the newest one
+            record_prognosis(session, out, ds, method=method)
     figures = {k: v for k, v in result.figures.items() if k != "history"}
     if as_json:
         print_json({"model": str(out), "method": method, "targets": len(result.model.targets), **figures})

@@ -33,6 +33,7 @@ class DistillRecipe(StrEnum):
 
     embedding = "embedding"
     soft_labels = "soft-labels"
+    prognostic = "prognostic"
 
 
 class DistillRecords(StrEnum):
@@ -333,9 +334,16 @@ def run_cmd(
         typer.Option(
             "--distill-recipe",
             help="embedding: learn the teacher's vectors. soft-labels: also learn the sample's train labels "
-            "mixed with the frozen teacher's cross-fitted probabilities (CKD-EHR); compare it at k=all.",
+            "mixed with the frozen teacher's cross-fitted probabilities (CKD-EHR); compare it at k=all. "
+            "prognostic: learn the prognostic encoder's vectors of the same records.",
         ),
     ] = DistillRecipe(_JOB.distill_recipe),
+    prognosis: Annotated[
+        bool,
+        typer.Option(
+            help="Pretrain the prognostic encoder on the train split and benchmark prognosis and count+prognosis."
+        ),
+    ] = _JOB.prognosis,
 ) -> None:
     """The main job: Eunomia → labels → teacher (± guidelines) → distilled student → index → benchmark report."""
     from ehrembed.pipeline import MAIN_JOB_KS, MAIN_JOB_TASKS, run_main_job
@@ -362,6 +370,7 @@ def run_cmd(
             distill_base_weight=base_weight,
             distill_records=distill_records.value,
             distill_recipe=distill_recipe.value,
+            prognosis=prognosis,
             ks=parse_ks(split_list(k)) if k else MAIN_JOB_KS,
             replicates=replicates,
             heads=tuple(split_list(head) or HEAD_NAMES),

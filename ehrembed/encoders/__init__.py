@@ -72,6 +72,11 @@ def load_encoder(name_or_path: str, **kwargs: Any) -> Encoder:
             f"model folder {folder} not found; pass --model PATH to a local model folder "
             f"or one of: {', '.join(sorted(BUILDERS))}"
         )
+    if (folder / "prognosis.json").is_file():
+        raise EncoderError(
+            f"{folder} is a prognostic model: it reads a record's events, not text; use it where datasets are "
+            "read (`ehrembed benchmark --encoders prognosis=DIR`, `ehrembed embed DATASET --encoder DIR`)"
+        )
     from ehrembed.encoders.onnx import is_onnx_folder
 
     if is_onnx_folder(folder):

@@ -19,8 +19,9 @@ import numpy as np
 
 from ehrembed.errors import InputError
 
-Pooling = Literal["last", "mean", "cls"]
-EncoderKind = Literal["teacher", "student", "onnx"]
+Pooling = Literal["last", "mean", "cls", "none"]
+"""How token states become one vector; ``none`` for encoders that read no text (the prognostic encoder)."""
+EncoderKind = Literal["teacher", "student", "onnx", "prognosis"]
 
 INSTRUCTION_SLOT = "{instruction}"
 GTE_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:\n"

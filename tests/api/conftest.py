@@ -88,6 +88,10 @@ def _serve(
     tasks = resolve_tasks(["new_hypertension", "new_hyperlipidemia"])
     report = benchmark_dataset(dataset, tasks, home / "runs" / "report", bench).report.parent
     build_knowledge_base(guidelines, RetrievalModelConfig.minilm(tiny_student_dir)).save(home / "kb")
+    from ehrembed.predict.prognosis.train import PretrainConfig, pretrain
+
+    small = PretrainConfig(dim=16, hidden=32, epochs=5, min_subjects=5, max_targets=200)
+    pretrain(dataset, home / "prognosis", small)
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
     keys = {}
@@ -99,6 +103,9 @@ def _serve(
         record_artifact(session, "embeddings", "tiny-emb", home / "emb", encoder.spec.to_dict(), "demo")
         record_artifact(session, "index", "demo-index", home / "index", {}, "demo")
         record_report(session, report, "demo")
+        from ehrembed.services.prognosis import record_prognosis
+
+        record_prognosis(session, home / "prognosis", dataset, method="tte")
         for scope in ("read", "write", "admin"):
             keys[scope] = create_api_key(session, f"test-{scope}", scope)[1]
     engine.dispose()

@@ -88,6 +88,45 @@ def test_patient_reads_are_audited_with_key_and_subjects(served: Served) -> None
     assert all(f[3] is not None for f in found if f[1] in ([sid], [999999998]))
 
 
+def test_outlook_forecasts_new_codes_and_is_audited(served: Served) -> None:
+    c, sid = served.client, _subject(served, 7)
+    res = c.get(f"/v1/patients/{sid}/outlook", params={"dataset": "demo", "top": 5}, headers=served.headers())
+    assert res.status_code == 200, res.text
+    body = res.json()
+    probabilities = [item["probability"] for item in body["items"]]
+    assert 0 < len(body["items"]) <= 5 and probabilities == sorted(probabilities, reverse=True)
+    assert all(0.0 <= p <= 1.0 for p in probabilities) and all(item["description"] for item in body["items"])
+    had = {e.code for e in served.dataset.patient(sid).events_until(dt.datetime.fromisoformat(body["as_of"]))}
+    assert not had & {item["code"] for item in body["items"]}  # new codes only
+    longer = c.get(
+        f"/v1/patients/{sid}/outlook", params={"dataset": "demo", "top": 100, "horizon_days": 3650},
+        headers=served.headers(),
+    ).json()  # fmt: skip
+    shorter = c.get(
+        f"/v1/patients/{sid}/outlook", params={"dataset": "demo", "top": 100, "horizon_days": 30},
+        headers=served.headers(),
+    ).json()  # fmt: skip
+    by_code = {item["code"]: item["probability"] for item in shorter["items"]}
+    assert all(
+        item["probability"] >= by_code[item["code"]] - 1e-4 for item in longer["items"] if item["code"] in by_code
+    )
+    assert c.get(f"/v1/patients/{sid}/outlook", params={"dataset": "demo"}).status_code == 401
+    _error(
+        c.get(f"/v1/patients/{sid}/outlook", params={"dataset": "demo", "horizon_days": 0}, headers=served.headers()),
+        422,
+    )
+    _error(
+        c.get("/v1/patients/999999997/outlook", params={"dataset": "demo"}, headers=served.headers()), 404, "subject_id"
+    )
+    engine = make_engine(served.settings.resolved_database_url)
+    with session_scope(engine) as session:
+        rows = list_audit(session, dataset="demo", limit=50)
+        found = [(r.endpoint, r.subject_ids, r.status_code) for r in rows]
+    engine.dispose()
+    assert ("/v1/patients/{subject_id}/outlook", [sid], 200) in found
+    assert ("/v1/patients/{subject_id}/outlook", [999999997], 404) in found
+
+
 def test_similar_by_subject_excludes_itself_and_filters(served: Served) -> None:
     c, sid = served.client, _subject(served, 5)
     res = c.get(f"/v1/patients/{sid}/similar", params={"dataset": "demo", "k": 5}, headers=served.headers())

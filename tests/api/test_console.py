@@ -89,6 +89,12 @@ def test_sign_in_open_a_patient_and_filter_its_neighbours(live: str, served: Ser
         expect(page.locator("#record-body")).to_contain_text("Electronic Healthcare Record")
         expect(page.locator("#neighbours tbody tr")).to_have_count(10)
         assert str(subject) not in page.locator("#neighbours tbody td:nth-child(2)").all_inner_texts()
+        # the outlook panel: the prognostic model's most likely new codes, as percentages
+        expect(page.locator("#outlook-table tbody tr")).to_have_count(10)
+        expect(page.locator("#outlook-status")).to_contain_text("Model")
+        assert all(
+            cell.endswith(" %") for cell in page.locator("#outlook-table tbody td:nth-child(3)").all_inner_texts()
+        )
 
         if SHOTS:  # the README's screenshot: EHREMBED_CONSOLE_SCREENSHOTS=docs pytest tests/api/test_console.py
             page.set_viewport_size({"width": 1200, "height": 800})

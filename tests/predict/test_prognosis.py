@@ -17,7 +17,13 @@ from ehrembed.ehr.meds import MedsDataset, write_dataset
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.prognosis import PrognosisError, PrognosisModel
-from ehrembed.predict.prognosis.losses import multi_horizon_bce, occurrence_probability, piecewise_exponential_nll
+from ehrembed.predict.prognosis.losses import (
+    bin_exposure,
+    event_bin,
+    multi_horizon_bce,
+    occurrence_probability,
+    piecewise_exponential_nll,
+)
 from ehrembed.predict.prognosis.model import CONFIG_FILE
 from ehrembed.predict.prognosis.points import END_OF_RECORD, sample_points
 from ehrembed.predict.prognosis.targets import excluded_codes, select_targets, target_times
@@ -118,6 +124,22 @@ def test_censored_rows_are_never_negatives(tmp_path: Path) -> None:
     log_hazard = torch.full((3, 1, 2), -5.0)
     exposure_only = piecewise_exponential_nll(log_hazard[1:2], days[1:2], event[1:2], [0.0, 30.0])
     assert exposure_only.item() == pytest.approx(float(np.exp(-5.0) * days[1, 0]), rel=1e-4)
+
+
+def test_an_event_on_a_bin_edge_is_exposed_in_its_bin() -> None:
+    """Edges are quantiles of event times, so events fall on them: the loss must stay bounded below."""
+    edges = [0.0, 30.0]
+    days, event = torch.tensor([[30.0]]), torch.tensor([[True]])
+    assert event_bin(days, edges).item() == 0 and bin_exposure(days, edges)[0, 0, 0].item() == 30.0
+    log_hazard = torch.zeros(1, 1, 2, requires_grad=True)
+    optimizer = torch.optim.SGD([log_hazard], lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = piecewise_exponential_nll(log_hazard, days, event, edges)
+        loss.backward()
+        optimizer.step()
+    # the maximum-likelihood hazard of one event after 30 days of exposure is 1/30 per day
+    assert loss.item() > -10 and torch.exp(log_hazard[0, 0, 0]).item() == pytest.approx(1 / 30, rel=0.05)
 
 
 def test_occurrence_probability_matches_constant_hazard() -> None:
@@ -301,3 +323,30 @@ def test_cli_pretrain(cohort: MedsDataset, tmp_path: Path) -> None:
     assert json.loads(ok.stdout)["method"] == "rrr" and (out / CONFIG_FILE).is_file()
     bad = runner.invoke(app, ["pretrain", str(cohort.root), "--out", str(tmp_path / "x"), "--method", "nope"])
     assert bad.exit_code == 2 and "unknown pretraining method" in bad.output
+
+
+def test_prognostic_distillation_targets_and_embed_cli(cohort: MedsDataset, tte_model: Path, tmp_path: Path) -> None:
+    """The main job's prognostic recipe: the records the teacher embedded, as the prognostic encoder sees them;
+    and `ehrembed embed --encoder PROGNOSIS_DIR` writes an embedding set a text encoder loader refuses clearly."""
+    from ehrembed.cli import app
+    from ehrembed.encoders import load_encoder
+    from ehrembed.encoders.base import EncoderError
+    from ehrembed.encoders.embeddings import EmbeddingSet
+    from ehrembed.pipeline import _prognostic_targets
+    from ehrembed.predict.prognosis.model import embedding_set
+
+    model = PrognosisModel.load(tte_model)
+    keys = sample_points(cohort, _train_ids(cohort)[:30], per_subject=2).select(s.SUBJECT_ID, PREDICTION_TIME)
+    teacher = {"a": embedding_set(model, cohort, keys[:20]), "b": embedding_set(model, cohort, keys[10:])}
+    targets, folder = _prognostic_targets(cohort, teacher, tte_model, tmp_path / "targets")
+    assert len(targets) == keys.height and targets.spec.kind == "prognosis" and folder.is_dir()
+    np.testing.assert_allclose(targets.vectors, model.encode(cohort, keys), rtol=1e-5, atol=1e-6)
+    out = tmp_path / "emb"
+    result = CliRunner().invoke(
+        app, ["embed", str(cohort.root), "--encoder", str(tte_model), "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    written = EmbeddingSet.load(out)
+    assert len(written) == len(cohort.subject_ids()) and written.dim == model.dim
+    with pytest.raises(EncoderError, match="prognostic model"):
+        load_encoder(str(tte_model))

@@ -135,10 +135,31 @@ async function openPatient() {
     const record = await api(`/v1/patients/${encodeURIComponent(subject)}/record?${query({ dataset, as_of: asOf })}`);
     renderRecord(record.record);
     await searchSimilar();
+    await loadOutlook();
   } catch (error) {
     $("record-body").replaceChildren();
     document.querySelector("#neighbours tbody").replaceChildren();
     $("patient-error").textContent = error.message;
+  }
+}
+
+async function loadOutlook() {
+  const subject = encodeURIComponent($("subject").value);
+  const params = { dataset: $("dataset").value, horizon_days: 365, top: 10,
+    as_of: $("as-of").value ? $("as-of").value + "T23:59:59" : "" };
+  const body = document.querySelector("#outlook-table tbody");
+  $("outlook-status").textContent = "";
+  try {
+    const outlook = await api(`/v1/patients/${subject}/outlook?${query(params)}`);
+    body.replaceChildren(...outlook.items.map((item) => {
+      const row = el("tr");
+      row.append(el("td", item.code), el("td", item.description), el("td", `${(100 * item.probability).toFixed(1)} %`));
+      return row;
+    }));
+    $("outlook-status").textContent = `Model ${outlook.model}, as of ${outlook.as_of.slice(0, 10)}.`;
+  } catch (error) {
+    body.replaceChildren();
+    $("outlook-status").textContent = `No outlook: ${error.message}`;
   }
 }
 

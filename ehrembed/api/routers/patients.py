@@ -1,4 +1,5 @@
-"""Patients: add or replace them (MEDS events or a FHIR Bundle), read a record, find similar patients."""
+"""Patients: add or replace them (MEDS events or a FHIR Bundle), read a record, find similar patients, and
+forecast their most likely new codes (the outlook)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,23 @@ from fastapi.responses import JSONResponse
 
 from ehrembed.api.deps import AUDITED, ReadKey, StateDep, WriteKey, audit, audit_write
 from ehrembed.api.errors import ApiError
-from ehrembed.api.schemas import FiltersIn, PatientsIn, QueryInt, RecordOut, SimilarIn, SimilarOut, Time, UpsertOut
+from ehrembed.api.schemas import (
+    FiltersIn,
+    OutlookItemOut,
+    OutlookOut,
+    PatientsIn,
+    QueryInt,
+    RecordOut,
+    SimilarIn,
+    SimilarOut,
+    Time,
+    UpsertOut,
+)
 from ehrembed.ehr.serialize import Serializer
 from ehrembed.ehr.upsert import bundle_frames, events_frame
 from ehrembed.retrieval.similar import SimilarFilters, SimilarResult
 from ehrembed.schema import MAX_SUBJECT_ID
+from ehrembed.services.prognosis import outlook as forecast
 
 router = APIRouter(prefix="/v1", tags=["patients"])
 
@@ -82,6 +95,45 @@ def record(
             raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
         text = Serializer(handle.vocabulary).serialize(patient, as_of=when)
     return RecordOut(dataset=dataset, subject_id=subject_id, as_of=when, record=text)
+
+
+@router.get("/patients/{subject_id}/outlook", response_model=OutlookOut, openapi_extra=AUDITED)
+def outlook(
+    subject_id: SubjectId,
+    dataset: DatasetQuery,
+    state: StateDep,
+    request: Request,
+    _key: ReadKey,
+    horizon_days: Annotated[QueryInt, Query(ge=1, le=3650, description="Days after as_of")] = 365,
+    top: Annotated[QueryInt, Query(ge=1, le=100)] = 10,
+    as_of: AsOf = None,
+) -> OutlookOut:
+    """The subject's most likely new codes within the horizon, with descriptions and probabilities: the dataset's
+    prognostic model (pretrained on its train split) read zero-shot, no labelled example involved."""
+    audit(request, dataset, [subject_id])
+    handle = state.dataset(dataset)
+    model = state.prognosis(dataset)
+    with handle.lock.read():
+        try:
+            patient = handle.dataset.patient(subject_id)
+        except KeyError:
+            raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
+        when = as_of if as_of is not None else patient.last_time
+        if when is None:
+            raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
+        descriptions = {c: d for c in model.target_codes if (d := handle.vocabulary.describe(c))}
+        items = forecast(
+            model, handle.dataset, subject_id, when, horizon_days=horizon_days, top=top, descriptions=descriptions,
+            ontology=handle.count_ontology(),
+        )  # fmt: skip
+    return OutlookOut(
+        dataset=dataset,
+        subject_id=subject_id,
+        as_of=when,
+        horizon_days=horizon_days,
+        model=model.name,
+        items=[OutlookItemOut(**item.as_dict()) for item in items],
+    )
 
 
 @router.get("/patients/{subject_id}/similar", response_model=SimilarOut, openapi_extra=AUDITED)

@@ -27,9 +27,13 @@ def bin_exposure(days: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
 
 
 def event_bin(days: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
-    """Index of the bin each time falls in (``edges`` = lower edges, first 0)."""
+    """Index of the bin ``(lower, upper]`` each time falls in (``edges`` = lower edges, first 0).
+
+    Bins are closed on the right so that an event has exposure in its own bin: time-bin edges are
+    quantiles of observed event times, so an edge often equals an event time, and an event at the lower
+    edge of a bin it spent no time in would let that bin's hazard grow without bound."""
     lower = torch.as_tensor(list(edges), dtype=days.dtype, device=days.device)
-    return (torch.bucketize(days, lower, right=True) - 1).clamp(min=0)
+    return (torch.bucketize(days, lower, right=False) - 1).clamp(min=0)
 
 
 def piecewise_exponential_nll(

@@ -36,8 +36,10 @@ from torch import nn
 
 from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset
+from ehrembed.encoders.base import EncoderSpec
+from ehrembed.encoders.embeddings import PREDICTION_TIME, EmbeddingSet
 from ehrembed.errors import InputError
-from ehrembed.fsutil import atomic_dir
+from ehrembed.fsutil import atomic_dir, sha256_file
 from ehrembed.predict.features import DEFAULT_BINS_DAYS, count_features
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.prognosis.losses import bin_exposure, occurrence_probability
@@ -334,6 +336,37 @@ class PrognosisModel:
             path=folder,
             bins_days=tuple(inputs["bins_days"]),
         )
+
+
+PROGNOSIS_INPUTS_VERSION = "counts-v1"
+"""What an EmbeddingSet of prognostic vectors records as its serializer version: the count inputs' layout."""
+
+
+def embedding_set(
+    model: PrognosisModel, dataset: MedsDataset, keys: pl.DataFrame, *, ontology: Ontology | None = None
+) -> EmbeddingSet:
+    """The model's vectors for (subject_id, prediction_time) rows as an :class:`EmbeddingSet` (for ``embed``,
+    indexes, exports and as distillation targets); its spec names the model and pins its weights' hash."""
+    vectors = model.encode(dataset, keys, ontology=ontology)
+    assert model.path is not None, "save or load the model before making embedding sets"
+    spec = EncoderSpec(
+        name=f"prognosis:{model.method}:{model.name}",
+        kind="prognosis",
+        model_path=str(model.path),
+        revision=sha256_file(model.path / WEIGHTS_FILE)[:16],
+        pooling="none",
+        dim=int(vectors.shape[1]),
+        max_tokens=0,
+        normalize=False,
+    )
+    return EmbeddingSet(
+        subject_ids=keys.get_column(s.SUBJECT_ID).to_numpy().astype(np.int64),
+        as_of=keys.get_column(PREDICTION_TIME).to_numpy().astype("datetime64[us]"),
+        vectors=vectors,
+        spec=spec,
+        serializer_version=PROGNOSIS_INPUTS_VERSION,
+        extra={"targets": len(model.targets), "method": model.method},
+    )
 
 
 def n_outputs(config: dict[str, Any]) -> int:
