@@ -274,7 +274,7 @@ def _distill(
 
 def _pretrain(config: MainJobConfig, dataset: MedsDataset, out: Path, say: Say, progress: Progress | None) -> Path:
     """The prognostic encoder, pretrained on the train split; reused when made from the same data and settings."""
-    from ehrembed.predict.prognosis.model import is_prognosis_folder
+    from ehrembed.predict.prognosis.folder import is_prognosis_folder
     from ehrembed.predict.prognosis.train import PretrainConfig, pretrain
 
     settings = PretrainConfig(seed=config.seed, name="prognosis")
@@ -335,8 +335,7 @@ def _prognostic_targets(
 ) -> tuple[EmbeddingSet, Path]:
     """The prognostic encoder's vectors of the records the teacher embedded (each record once): what the
     ``prognostic`` recipe's student learns instead of the teacher's vectors."""
-    from ehrembed.predict.prognosis import PrognosisModel
-    from ehrembed.predict.prognosis.model import embedding_set
+    from ehrembed.predict.prognosis.model import PrognosisModel, embedding_set
 
     sets = [teacher] if isinstance(teacher, EmbeddingSet) else list(teacher.values())
     keys = (

@@ -37,7 +37,7 @@ from ehrembed.encoders.cache import EmbeddingCache
 from ehrembed.encoders.job import AsOf, default_cache_dir
 from ehrembed.predict.fitted import CARD_FILE, FittedHead, embed_for_head, load_fitted
 from ehrembed.predict.ontology import Ontology
-from ehrembed.predict.prognosis import PrognosisModel
+from ehrembed.predict.prognosis.model import PrognosisModel
 from ehrembed.retrieval.augment import GuidelineAugmenter, relevant_guidelines
 from ehrembed.retrieval.index import VectorIndex
 from ehrembed.retrieval.similar import SimilarPatients

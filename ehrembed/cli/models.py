@@ -179,8 +179,7 @@ def _embed_prognosis(dataset: Path, model_dir: Path, out: Path, when: Any, limit
 
     from ehrembed.ehr.meds import MedsDataset
     from ehrembed.predict.ontology import Ontology
-    from ehrembed.predict.prognosis import PrognosisModel
-    from ehrembed.predict.prognosis.model import embedding_set
+    from ehrembed.predict.prognosis.model import PrognosisModel, embedding_set
     from ehrembed.predict.prognosis.points import END_OF_RECORD, record_ends
     from ehrembed.services.embeddings import record_embeddings
     from ehrembed.store.db import catalog

@@ -215,7 +215,7 @@ def _run_encoder(
         neighbours.append({"task": task_name, "encoder": encoder, **lift})
     if zero_shot is not None:
         p = np.asarray(zero_shot.take(held_out.positions), dtype=np.float64)[:, 0]
-        _record(results, predictions, config, held_out, p, {**_cell(task_name, encoder, ZERO_SHOT, "0", 0)},
+        _record(results, predictions, config, held_out, p, _cell(task_name, encoder, ZERO_SHOT, "0", 0),
                 group, n_train=0, n_tuning=0, params="{}", fit_seconds=0.0)  # fmt: skip
     train_orders = replicate_orders(train.y, train.groups, replicates=config.replicates, seed=config.seed)
     tuning_orders = replicate_orders(tuning.y, tuning.groups, replicates=config.replicates, seed=config.seed + 1)

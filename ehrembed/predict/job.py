@@ -52,6 +52,8 @@ from ehrembed.predict.features import (
 from ehrembed.predict.labelers import LabelSet, label_dataset
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.outputs import encoding_section, write_cell_predictions, write_run_card
+from ehrembed.predict.prognosis.features import prognosis_features
+from ehrembed.predict.prognosis.folder import is_prognosis_folder
 from ehrembed.predict.report import write_report
 from ehrembed.predict.tasks import TaskError, TaskSpec
 
@@ -366,56 +368,6 @@ def embed_tasks(
     return per_task, merged
 
 
-def is_prognosis_source(choice: EncoderChoice) -> bool:
-    """Whether the choice names a prognostic model folder (``ehrembed pretrain``'s output)."""
-    return not choice.guidelines and (Path(choice.source) / "prognosis.json").is_file()
-
-
-def prognosis_features(
-    dataset: MedsDataset,
-    choice: EncoderChoice,
-    keys: pl.DataFrame,
-    *,
-    labelsets: Sequence[LabelSet] = (),
-    ontology: Ontology | None = None,
-    say: Callable[[str], None] = lambda _m: None,
-) -> tuple[Features, dict[str, Any], dict[str, Features]]:
-    """A prognostic encoder's vectors for ``keys`` (from the count inputs cut at each time), its info (input
-    coverage of this dataset — a warning below half, an error at none —, rows, seconds), and its zero-shot
-    risk per task of ``labelsets`` whose outcome codes are among its targets (the ``k=0`` cells)."""
-    from ehrembed.predict.prognosis import PrognosisModel
-
-    started = time.perf_counter()
-    model = PrognosisModel.load(choice.source)
-    coverage, warning = model.check_coverage(dataset, ontology=ontology)
-    if warning:
-        say(f"warning: {warning}")
-    inputs = model.inputs(dataset, keys, ontology=ontology)
-    vectors = model.vectors_from_inputs(inputs)
-    zero_shot: dict[str, Features] = {}
-    for labelset in labelsets:
-        task = labelset.task
-        if task.outcome.rule != "codes" or not labelset.outcome_codes:
-            continue
-        risk = model.window_risk(inputs, labelset.outcome_codes, task.horizon.start_days, task.horizon.end_days)
-        if risk is not None:
-            zero_shot[task.name] = Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), risk[:, None])
-    seconds = time.perf_counter() - started
-    info = {
-        "encoder": f"prognosis:{model.method}",
-        "plan": "once",
-        "rows": keys.height,
-        "encoded": keys.height,
-        "seconds": round(seconds, 3),
-        "records_per_second": round(keys.height / seconds, 1) if seconds > 0 else None,
-        "coverage": round(coverage, 4),
-        "dim": model.dim,
-    }
-    if zero_shot:
-        info["zero_shot_tasks"] = sorted(zero_shot)
-    return Features(choice.name, keys.select(s.SUBJECT_ID, PREDICTION_TIME), vectors), info, zero_shot
-
-
 def check_fusions(choices: Sequence[EncoderChoice]) -> None:
     """Every ``count+NAME`` names another (non-fused, non-count) encoder of the same run."""
     names = {c.name: c for c in choices}
@@ -505,9 +457,11 @@ def benchmark_dataset(
             assert counts is not None
             train = dataset.splits().filter(pl.col(s.SPLIT) == s.Split.TRAIN.value).get_column(s.SUBJECT_ID)
             features[choice.name] = fuse(counts, features[choice.fuse], choice.name, train.to_numpy())
-        elif (embeddings or {}).get(choice.name) is None and is_prognosis_source(choice):
+        elif (
+            (embeddings or {}).get(choice.name) is None and not choice.guidelines and is_prognosis_folder(choice.source)
+        ):
             features[choice.name], encoding[choice.name], zero_shot[choice.name] = prognosis_features(
-                dataset, choice, keys, labelsets=labelsets, ontology=ontology, say=say
+                dataset, choice.name, choice.source, keys, labelsets=labelsets, ontology=ontology, say=say
             )
         else:
             emb = (embeddings or {}).get(choice.name)

@@ -22,7 +22,8 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.errors import NotFoundError
 from ehrembed.predict.ontology import Ontology
-from ehrembed.predict.prognosis import PrognosisModel, is_prognosis_folder
+from ehrembed.predict.prognosis.folder import is_prognosis_folder
+from ehrembed.predict.prognosis.model import PrognosisModel
 from ehrembed.store.catalog import record_artifact
 from ehrembed.store.repository import current_artifact
 

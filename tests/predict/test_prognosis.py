@@ -16,7 +16,6 @@ from ehrembed import schema as s
 from ehrembed.ehr.meds import MedsDataset, write_dataset
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.predict.ontology import Ontology
-from ehrembed.predict.prognosis import PrognosisError, PrognosisModel
 from ehrembed.predict.prognosis.losses import (
     bin_exposure,
     event_bin,
@@ -24,7 +23,7 @@ from ehrembed.predict.prognosis.losses import (
     occurrence_probability,
     piecewise_exponential_nll,
 )
-from ehrembed.predict.prognosis.model import CONFIG_FILE
+from ehrembed.predict.prognosis.model import CONFIG_FILE, PrognosisError, PrognosisModel
 from ehrembed.predict.prognosis.points import END_OF_RECORD, sample_points
 from ehrembed.predict.prognosis.targets import excluded_codes, select_targets, target_times
 from ehrembed.predict.prognosis.train import PretrainConfig, pretrain

@@ -8,13 +8,6 @@ occurrence within horizons (:mod:`.losses`). The network's bottleneck is the vec
 closed-form controls (reduced-rank ridge, SVD, the untrained network) are fitted the same way
 (:mod:`.linear`, :mod:`.train`). A model folder is an encoder wherever encoders are named
 (``prognosis=DIR``), and its head gives zero-shot risks of future codes.
+
+Importing this package loads no torch: the model lives in :mod:`.model`, the folder check in :mod:`.folder`.
 """
-
-from ehrembed.predict.prognosis.model import (
-    METHODS,
-    PrognosisError,
-    PrognosisModel,
-    is_prognosis_folder,
-)
-
-__all__ = ["METHODS", "PrognosisError", "PrognosisModel", "is_prognosis_folder"]

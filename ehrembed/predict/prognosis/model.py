@@ -42,12 +42,12 @@ from ehrembed.errors import InputError
 from ehrembed.fsutil import atomic_dir, sha256_file
 from ehrembed.predict.features import DEFAULT_BINS_DAYS, count_features
 from ehrembed.predict.ontology import Ontology
+from ehrembed.predict.prognosis.folder import CONFIG_FILE, is_prognosis_folder
 from ehrembed.predict.prognosis.losses import bin_exposure, occurrence_probability
 
 FORMAT = "ehrembed-prognosis"
 FORMAT_VERSION = 1
 """Version of the folder layout above; a folder of another version is refused with both versions named."""
-CONFIG_FILE = "prognosis.json"
 INPUTS_FILE = "inputs.json"
 TARGETS_FILE = "targets.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,10 +64,6 @@ READOUT_HORIZON_DAYS = 365.0
 
 class PrognosisError(InputError):
     """A prognostic model cannot be trained, loaded or applied as asked."""
-
-
-def is_prognosis_folder(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
 
 
 def transform_inputs(counts: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:

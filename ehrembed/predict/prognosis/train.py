@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,11 @@ from ehrembed.ehr.meds import MedsDataset
 from ehrembed.encoders.embeddings import PREDICTION_TIME
 from ehrembed.fsutil import atomic_dir
 from ehrembed.predict.features import count_features
+from ehrembed.predict.labelers import outcome_codes
+from ehrembed.predict.metrics import auroc
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.prognosis.linear import rrr_projection, svd_projection
-from ehrembed.predict.prognosis.losses import multi_horizon_bce, piecewise_exponential_nll
+from ehrembed.predict.prognosis.losses import bin_exposure, event_bin, multi_horizon_bce, piecewise_exponential_nll
 from ehrembed.predict.prognosis.model import (
     METHODS,
     NETWORK_METHODS,
@@ -58,6 +61,7 @@ from ehrembed.predict.prognosis.model import (
 )
 from ehrembed.predict.prognosis.points import sample_points, stable_hash
 from ehrembed.predict.prognosis.targets import TargetTimes, excluded_codes, select_targets, target_times
+from ehrembed.predict.tasks import TaskError
 
 Progress = Callable[[int, int], None]
 Say = Callable[[str], None]
@@ -207,8 +211,6 @@ def _initial_bias(method: str, times: TargetTimes, rows: np.ndarray, config: dic
         rate = (label * known).sum(0) / known.sum(0).clamp(min=1)
         rate = rate.clamp(1e-4, 1 - 1e-4)
         return torch.log(rate / (1 - rate)).reshape(-1)
-    from ehrembed.predict.prognosis.losses import bin_exposure, event_bin
-
     edges = config["time_bins_days"]
     exposure = bin_exposure(days, edges).sum(0)
     hits = torch.zeros_like(exposure)
@@ -364,8 +366,6 @@ def validation_auroc(model: PrognosisModel, data: _Data, horizon_days: float = 3
     (known cells only; targets with one class there are left out)."""
     if not model.has_risk_head:
         return None
-    from ehrembed.predict.metrics import auroc
-
     rows = np.flatnonzero(data.validation)
     if not len(rows):
         return None
@@ -471,17 +471,12 @@ def pretrain(
     model_config["figures"] = figures
     model.save(out, card=model_card(model, dataset), overwrite=True)
     if config.method in NETWORK_METHODS:
-        import shutil
-
         shutil.rmtree(out.with_name(f".{out.name}.pretrain"), ignore_errors=True)
     return PretrainResult(out, model, figures)
 
 
 def exclusion_codes_for(tasks: Sequence[Any], ontology: Ontology) -> tuple[str, ...]:
     """The outcome codes of ``tasks`` (TaskSpecs) as recorded in the dataset, for ``--exclude-tasks``."""
-    from ehrembed.predict.labelers import outcome_codes
-    from ehrembed.predict.tasks import TaskError
-
     codes: set[str] = set()
     for task in tasks:
         try:
