@@ -349,3 +349,21 @@ def test_prognostic_distillation_targets_and_embed_cli(cohort: MedsDataset, tte_
     assert len(written) == len(cohort.subject_ids()) and written.dim == model.dim
     with pytest.raises(EncoderError, match="prognostic model"):
         load_encoder(str(tte_model))
+
+
+def test_window_risk_is_the_probability_of_the_window(tte_model: Path, cohort: MedsDataset) -> None:
+    """k=0 risk of codes in (start, end]: S(start) - S(end) of the most likely code; None for codes that are no
+    target."""
+    model = PrognosisModel.load(tte_model)
+    keys = sample_points(cohort, _train_ids(cohort)[:10]).select(s.SUBJECT_ID, PREDICTION_TIME)
+    inputs = model.inputs(cohort, keys)
+    code = "ICD10CM/I48.91"
+    j = model.target_codes.index(code)
+    whole = model.window_risk(inputs, {code}, 0.0, 365.0)
+    late = model.window_risk(inputs, {code}, 30.0, 365.0)
+    assert whole is not None and late is not None
+    np.testing.assert_allclose(whole, model.risk_from_inputs(inputs, 365.0)[:, j], rtol=1e-5)
+    expected = model.risk_from_inputs(inputs, 365.0)[:, j] - model.risk_from_inputs(inputs, 30.0)[:, j]
+    np.testing.assert_allclose(late, expected, rtol=1e-4, atol=1e-6)
+    assert (late <= whole + 1e-6).all()
+    assert model.window_risk(inputs, {"SNOMED/0"}, 0.0, 365.0) is None
