@@ -131,7 +131,7 @@ def main() -> None:
         exclude = exclusion_codes_for(tasks, ontology) if method.endswith("-excl") else ()
         config = PretrainConfig(method=method.removesuffix("-excl"), exclude_codes=exclude, name=method, **overrides)
         started = time.perf_counter()
-        result = pretrain(dataset, folder, config, ontology=ontology, say=print)
+        result = pretrain(dataset, folder, config, ontology=ontology, say=print, overwrite=True)
         pretrain_figures[method] = {
             "seconds": round(time.perf_counter() - started, 1),
             "excluded_codes": len(exclude),

@@ -290,6 +290,7 @@ def _pretrain(config: MainJobConfig, dataset: MedsDataset, out: Path, say: Say, 
         settings,
         say=say,
         progress=None if progress is None else (lambda d, t: progress("pretraining (prognosis)", d, t)),
+        overwrite=True,
     )
     atomic_write_text(source, json.dumps(made_from) + "\n")
     from ehrembed.services.prognosis import record_prognosis

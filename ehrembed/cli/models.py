@@ -412,6 +412,7 @@ def pretrain_cmd(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the points, the validation subjects and the weights.")] = 0,
+    overwrite: OverwriteFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Pretrain a prognostic encoder on the dataset's train split: vectors that anticipate each code's next
@@ -451,6 +452,7 @@ def pretrain_cmd(
                 ontology=ontology,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 say=lambda m: err_console.print(m),
+                overwrite=overwrite,
             )
         from ehrembed.services.prognosis import record_prognosis
         from ehrembed.store.db import catalog

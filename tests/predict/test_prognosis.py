@@ -322,6 +322,12 @@ def test_cli_pretrain(cohort: MedsDataset, tmp_path: Path) -> None:
     assert json.loads(ok.stdout)["method"] == "rrr" and (out / CONFIG_FILE).is_file()
     bad = runner.invoke(app, ["pretrain", str(cohort.root), "--out", str(tmp_path / "x"), "--method", "nope"])
     assert bad.exit_code == 2 and "unknown pretraining method" in bad.output
+    again = ["pretrain", str(cohort.root), "--out", str(out), "--method", "svd", "--dim", "4", "--min-subjects", "5"]
+    refused = runner.invoke(app, again)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert json.loads((out / CONFIG_FILE).read_text())["method"] == "rrr"  # nothing lost
+    assert runner.invoke(app, [*again, "--overwrite"]).exit_code == 0
+    assert json.loads((out / CONFIG_FILE).read_text())["method"] == "svd"
 
 
 def test_prognostic_distillation_targets_and_embed_cli(cohort: MedsDataset, tte_model: Path, tmp_path: Path) -> None:

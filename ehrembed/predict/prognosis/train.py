@@ -403,7 +403,12 @@ def model_card(model: PrognosisModel, dataset: MedsDataset) -> str:
             f"- validation loss {figures['initial_validation_loss']:.4f} → {figures['validation_loss']:.4f} "
             f"(best epoch {figures['best_epoch']} of {figures['epochs_run']})"
         )
-    lines += ["", "Apply it with `--encoders prognosis=THIS_FOLDER` (benchmark, embed, index).", ""]
+    lines += [
+        "",
+        "Use it with `ehrembed benchmark DATASET --encoders prognosis=THIS_FOLDER` or "
+        "`ehrembed embed DATASET --encoder THIS_FOLDER`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -415,16 +420,20 @@ def pretrain(
     ontology: Ontology | None = None,
     progress: Progress | None = None,
     say: Say = lambda _m: None,
+    overwrite: bool = False,
 ) -> PretrainResult:
-    """Fit a prognostic encoder on ``dataset``'s train split and write it to ``out`` (atomically)."""
+    """Fit a prognostic encoder on ``dataset``'s train split and write it to ``out`` (atomically; an existing
+    ``out`` is refused before any work unless ``overwrite``)."""
     config = config or PretrainConfig()
     started = time.perf_counter()
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     ontology = ontology or Ontology.from_dataset(dataset)
     data = _prepare(dataset, config, ontology, say)
     fit_rows = np.flatnonzero(~data.validation)
     model_config: dict[str, Any] = {
-        **{k: v for k, v in dataclasses.asdict(config).items()},
+        **dataclasses.asdict(config),
         "horizons_days": list(config.horizons_days),
         "exclude_codes": list(config.exclude_codes),
         "name": config.name or out.name,
