@@ -61,7 +61,10 @@ def build_recorded_index(
             raise InputError("a sharded index is built from embedding sets on disk: pass their paths")
         report = build_sharded_index(paths, target, ray_address=ray_address, progress=progress)
     else:
-        report = build_index(sets[0], target, kind=kind, progress=progress)
+        # prognostic vectors are not unit length; similar-patient search compares them by cosine, as the
+        # benchmark's neighbour lift does
+        normalize = True if sets[0].spec.kind == "prognosis" else None
+        report = build_index(sets[0], target, kind=kind, normalize=normalize, progress=progress)
     spec = {
         "kind": report.kind,
         "encoder": sets[0].spec.to_dict(),

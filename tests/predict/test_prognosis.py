@@ -355,6 +355,12 @@ def test_prognostic_distillation_targets_and_embed_cli(cohort: MedsDataset, tte_
     assert len(written) == len(cohort.subject_ids()) and written.dim == model.dim
     with pytest.raises(EncoderError, match="prognostic model"):
         load_encoder(str(tte_model))
+    # similar-patient search over them compares by cosine (the benchmark's neighbour lift does too)
+    indexed = CliRunner().invoke(
+        app, ["index", str(cohort.root), "--embeddings", str(out), "--out", str(tmp_path / "ix")]
+    )
+    assert indexed.exit_code == 0, indexed.output
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["normalize"] is True
 
 
 def test_window_risk_is_the_probability_of_the_window(tte_model: Path, cohort: MedsDataset) -> None:

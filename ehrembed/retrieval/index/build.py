@@ -40,11 +40,13 @@ def build_index(
     *,
     kind: IndexKind | str = "auto",
     params: IndexParams | None = None,
+    normalize: bool | None = None,
     progress: Progress | None = None,
 ) -> IndexBuildReport:
-    """Index an embedding set and save it at ``out`` (atomically: a failed build keeps any old index)."""
+    """Index an embedding set and save it at ``out`` (atomically: a failed build keeps any old index).
+    ``normalize`` None follows the encoder spec (cosine for L2-normalising encoders)."""
     started = time.perf_counter()
-    index = VectorIndex.from_embeddings(embeddings, kind=kind, params=params, progress=progress)
+    index = VectorIndex.from_embeddings(embeddings, kind=kind, params=params, normalize=normalize, progress=progress)
     out = index.save(out)
     meta = json.loads((Path(out) / META_FILE).read_text())
     return IndexBuildReport(

@@ -127,6 +127,7 @@ class VectorIndex:
         kind: IndexKind | str = "auto",
         params: IndexParams | None = None,
         use_gpu: bool | None = None,
+        normalize: bool | None = None,
         progress: Progress | None = None,
     ) -> VectorIndex:
         """Row ``i`` of the embedding set becomes id ``i`` (its subject_id and as-of time kept)."""
@@ -142,6 +143,7 @@ class VectorIndex:
             prediction_times=embeddings.as_of,
             kind=kind,
             spec=embeddings.spec,
+            normalize=normalize,
             params=params,
             use_gpu=use_gpu,
             extra=extra,
