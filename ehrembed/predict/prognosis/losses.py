@@ -1,7 +1,7 @@
 """Pretraining objectives, one function each, on a batch of model outputs and :class:`TargetTimes` rows.
 
 - :func:`piecewise_exponential_nll` (MOTOR's time-to-event loss): each target has a constant hazard
-  ``λ_b`` within each time bin ``[edge_b, edge_b+1)``; a row contributes, per target and bin, the
+  ``λ_b`` within each time bin ``(edge_b, edge_b+1]``; a row contributes, per target and bin, the
   expected number of events over the time it spent in the bin (``λ_b · exposure_b``) minus
   ``log λ_b`` in the bin where the event happened. A censored row is exposed up to its end of record
   and has no event term: it never counts as "did not happen" past its follow-up.

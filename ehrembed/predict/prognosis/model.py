@@ -8,8 +8,10 @@ A model folder (``ehrembed pretrain`` writes it atomically; nothing in it is pic
                         from the train split's points, and the count bins
     targets.json        the target codes in rank order with their train-split frequency and entropy
     model.safetensors   ``input_scale`` (each column's largest train magnitude after sign-log1p) and
-                        either the network's weights (``net.*``: encoder and head) or, for the linear
-                        methods, ``projection`` (inputs × dim); ``output_scale`` (one number)
+                        either the network's weights (``net.*``: encoder and head, with ``readout_mean`` /
+                        ``readout_basis`` when the vector is the PCA readout of its predicted log hazards)
+                        or, for the linear methods, ``projection`` (inputs × dim); ``output_scale`` (one
+                        number that gives the train vectors an average per-dimension variance of 1)
     README.md           the model card
 
 Inputs are the count baseline's matrix for (subject, prediction_time) rows
