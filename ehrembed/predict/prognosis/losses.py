@@ -60,7 +60,12 @@ def multi_horizon_bce(
     return (loss * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def cumulative_hazard(log_hazard: torch.Tensor, horizon_days: float, edges: Sequence[float]) -> torch.Tensor:
+    """Λ(h): the expected number of occurrences within ``horizon_days`` under the piecewise-exponential hazards."""
+    exposure = bin_exposure(torch.full(log_hazard.shape[:-1], float(horizon_days), dtype=log_hazard.dtype), edges)
+    return (torch.exp(log_hazard) * exposure).sum(-1)
+
+
 def occurrence_probability(log_hazard: torch.Tensor, horizon_days: float, edges: Sequence[float]) -> torch.Tensor:
     """P(the target occurs within ``horizon_days``) under the piecewise-exponential hazards: ``1 - exp(-Λ(h))``."""
-    exposure = bin_exposure(torch.full(log_hazard.shape[:-1], float(horizon_days), dtype=log_hazard.dtype), edges)
-    return 1.0 - torch.exp(-(torch.exp(log_hazard) * exposure).sum(-1))
+    return 1.0 - torch.exp(-cumulative_hazard(log_hazard, horizon_days, edges))

@@ -45,7 +45,7 @@ from ehrembed.fsutil import atomic_dir, sha256_file
 from ehrembed.predict.features import DEFAULT_BINS_DAYS, count_features
 from ehrembed.predict.ontology import Ontology
 from ehrembed.predict.prognosis.folder import CONFIG_FILE, is_prognosis_folder
-from ehrembed.predict.prognosis.losses import bin_exposure, occurrence_probability
+from ehrembed.predict.prognosis.losses import cumulative_hazard, occurrence_probability
 
 FORMAT = "ehrembed-prognosis"
 FORMAT_VERSION = 1
@@ -178,12 +178,14 @@ class PrognosisModel:
         with torch.inference_mode():
             out = self.net(to_tensor(rows))[1]
             if self.method == "horizons":
-                horizons = list(self.config["horizons_days"])
-                fit = [i for i, h in enumerate(horizons) if h >= horizon_days] or [len(horizons) - 1]
-                return out[..., fit[0]].numpy()
+                return out[..., self._horizon_column(horizon_days)].numpy()
             edges = self.config["time_bins_days"]
-            exposure = bin_exposure(torch.full(out.shape[:-1], float(horizon_days)), edges)
-            return torch.log((torch.exp(out) * exposure).sum(-1) + 1e-12).numpy()
+            return torch.log(cumulative_hazard(out, horizon_days, edges) + 1e-12).numpy()
+
+    def _horizon_column(self, horizon_days: float) -> int:
+        """A horizon model's output for ``horizon_days``: the nearest horizon at or beyond it (else the longest)."""
+        horizons = list(self.config["horizons_days"])
+        return next((i for i, h in enumerate(horizons) if h >= horizon_days), len(horizons) - 1)
 
     def inputs(self, dataset: MedsDataset, keys: pl.DataFrame, *, ontology: Ontology | None = None) -> sp.csr_matrix:
         """Transformed inputs for (subject_id, prediction_time) rows: counts cut at each time, frozen columns."""
@@ -247,9 +249,7 @@ class PrognosisModel:
             if self.method == "tte":
                 edges = self.config["time_bins_days"]
                 return occurrence_probability(out, horizon_days, edges).numpy()
-            horizons = list(self.config["horizons_days"])
-            fit = [i for i, h in enumerate(horizons) if h >= horizon_days] or [len(horizons) - 1]
-            return torch.sigmoid(out[..., fit[0]]).numpy()
+            return torch.sigmoid(out[..., self._horizon_column(horizon_days)]).numpy()
 
     def window_risk(
         self, inputs: sp.csr_matrix, codes: Collection[str], start_days: float, end_days: float
