@@ -3,6 +3,7 @@ forecast their most likely new codes (the outlook)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 import numpy as np
@@ -24,10 +25,11 @@ from ehrembed.api.schemas import (
     Time,
     UpsertOut,
 )
+from ehrembed.api.state import DatasetHandle
 from ehrembed.ehr.serialize import Serializer
 from ehrembed.ehr.upsert import bundle_frames, events_frame
 from ehrembed.retrieval.similar import SimilarFilters, SimilarResult
-from ehrembed.schema import MAX_SUBJECT_ID
+from ehrembed.schema import MAX_SUBJECT_ID, Patient
 from ehrembed.services.prognosis import outlook as forecast
 
 router = APIRouter(prefix="/v1", tags=["patients"])
@@ -78,6 +80,20 @@ def _similar_out(dataset: str, result: SimilarResult) -> JSONResponse:
     )
 
 
+def _patient_as_of(
+    handle: DatasetHandle, dataset: str, subject_id: int, as_of: dt.datetime | None
+) -> tuple[Patient, dt.datetime]:
+    """The stored subject and the time asked (default: its latest dated event); 404 / 422 otherwise."""
+    try:
+        patient = handle.dataset.patient(subject_id)
+    except KeyError:
+        raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
+    when = as_of if as_of is not None else patient.last_time
+    if when is None:
+        raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
+    return patient, when
+
+
 @router.get("/patients/{subject_id}/record", response_model=RecordOut, openapi_extra=AUDITED)
 def record(
     subject_id: SubjectId, dataset: DatasetQuery, state: StateDep, request: Request, _key: ReadKey, as_of: AsOf = None
@@ -86,13 +102,7 @@ def record(
     audit(request, dataset, [subject_id])
     handle = state.dataset(dataset)
     with handle.lock.read():
-        try:
-            patient = handle.dataset.patient(subject_id)
-        except KeyError:
-            raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
-        when = as_of if as_of is not None else patient.last_time
-        if when is None:
-            raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
+        patient, when = _patient_as_of(handle, dataset, subject_id, as_of)
         text = Serializer(handle.vocabulary).serialize(patient, as_of=when)
     return RecordOut(dataset=dataset, subject_id=subject_id, as_of=when, record=text)
 
@@ -114,13 +124,7 @@ def outlook(
     handle = state.dataset(dataset)
     model = state.prognosis(dataset)
     with handle.lock.read():
-        try:
-            patient = handle.dataset.patient(subject_id)
-        except KeyError:
-            raise ApiError(404, f"subject {subject_id} is not in dataset {dataset}", "subject_id") from None
-        when = as_of if as_of is not None else patient.last_time
-        if when is None:
-            raise ApiError(422, f"subject {subject_id} has no dated events; pass as_of", "as_of")
+        _patient, when = _patient_as_of(handle, dataset, subject_id, as_of)
         descriptions = {c: d for c in model.target_codes if (d := handle.vocabulary.describe(c))}
         items = forecast(
             model, handle.dataset, subject_id, when, horizon_days=horizon_days, top=top, descriptions=descriptions,
